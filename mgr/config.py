@@ -1,0 +1,183 @@
+"""Frozen, validated configurations that round-trip through `to_dict()` / `from_dict()`.
+
+Every knob a run depends on lives in one of these, so `summary.json` records the whole
+configuration and a run can be re-created from it. Construction validates; an impossible
+configuration raises `MgrError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mgr.errors import MgrError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise MgrError(msg)
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        _check(not unknown, f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(_Serialisable):
+    """The decoder: sizes, and which attention algebra each layer uses.
+
+    `attention` is one registered name or a tuple of names tiled over layers, so
+    `("standard", "tropical")` with 4 layers gives standard, tropical, standard, tropical.
+    `attention_options` maps an algebra name to keyword arguments of its config dataclass.
+    """
+
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    max_seq_len: int = 128
+    mlp_ratio: int = 4
+    attention: str | tuple[str, ...] = "standard"
+    attention_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    logit_softcap: float = 15.0
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len",
+                     "mlp_ratio"):
+            _check(int(getattr(self, name)) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _check(self.n_heads % self.n_kv_heads == 0,
+               f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        _check(self.d_model % self.n_heads == 0,
+               f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        _check(self.head_dim % 2 == 0,
+               f"head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        if isinstance(self.attention, list):
+            object.__setattr__(self, "attention", tuple(self.attention))
+        _check(len(self.attention_pattern) > 0, "attention must name at least one algebra")
+        # Imported here: the registry imports mgr.config for the dims type.
+        import attention as attn_registry
+
+        dims = self.attention_dims()
+        for name in self.attention_pattern:
+            attn_registry.get(name)  # raises MgrError listing valid names
+        for name in self.attention_options:
+            attn_registry.get(name)
+        for name in set(self.attention_pattern):
+            self.algebra_config(name).validate(dims)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def attention_pattern(self) -> tuple[str, ...]:
+        return (self.attention,) if isinstance(self.attention, str) else tuple(self.attention)
+
+    def layer_attention(self, layer: int) -> str:
+        pattern = self.attention_pattern
+        return pattern[layer % len(pattern)]
+
+    def attention_dims(self):
+        from attention.base import AttentionDims
+
+        return AttentionDims(d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                             head_dim=self.head_dim, max_seq_len=self.max_seq_len,
+                             rope_base=self.rope_base)
+
+    def algebra_config(self, name: str):
+        import attention as attn_registry
+
+        entry = attn_registry.get(name)
+        opts = self.attention_options.get(name, {})
+        try:
+            return entry.config_cls(**opts)
+        except TypeError as e:
+            raise MgrError(f"bad options for attention '{name}': {e}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(_Serialisable):
+    """Where tokens come from and how they are cut into batches.
+
+    `data_dir=None` means the embedded corpus (built from package data, no download).
+    """
+
+    data_dir: str | None = None
+    corpus: str = "embedded"
+    vocab_size: int = 4096
+    tokenizer_type: str = "bpe"
+    seq_len: int = 128
+    batch_size: int = 8
+    val_tokens: int = 32768
+    n_shards: int = 8
+    max_corpus_bytes: int = 8_000_000
+
+    def __post_init__(self):
+        _check(self.tokenizer_type in ("bpe", "unigram"),
+               f"tokenizer_type must be 'bpe' or 'unigram', got '{self.tokenizer_type}'")
+        for name in ("vocab_size", "seq_len", "batch_size", "val_tokens", "max_corpus_bytes"):
+            _check(int(getattr(self, name)) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _check(self.n_shards >= 2, "n_shards must be at least 2 (the last shard is validation)")
+        _check(self.vocab_size >= 300, "vocab_size must be at least 300 (256 byte pieces + specials)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_Serialisable):
+    """The optimisation: optimizer and schedule by registered name, budget, intervals, seed."""
+
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    schedule_options: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    steps: int | None = 200
+    target_flops: float | None = None
+    min_steps: int = 10
+    seed: int = 0
+    eval_every: int = 50
+    checkpoint_every: int = 100
+    grad_clip: float = 1.0
+    log_every: int = 10
+
+    def __post_init__(self):
+        import optim
+
+        optim.get(self.optimizer)
+        optim.get_schedule(self.schedule)
+        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")
+        _check(self.target_flops is None or self.target_flops > 0, "target_flops must be positive")
+        _check(self.eval_every > 0 and self.checkpoint_every > 0 and self.log_every > 0,
+               "eval_every, checkpoint_every and log_every must be positive")
+
+
+def tiny_model(**overrides) -> ModelConfig:
+    """The preset used by tests and demos: small enough to compile in about a second on CPU."""
+    base = dict(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def default_model(**overrides) -> ModelConfig:
+    """The preset of `mgr train`: L=2, d=128, H=4, T=128."""
+    return ModelConfig(**overrides)
