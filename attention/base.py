@@ -1,0 +1,175 @@
+"""Shared pieces of every attention algebra: the shape legend, dims, entries, RoPE, masks.
+
+Shape legend (names carry their shapes, e.g. `q_BxTxHxK`):
+  B batch, T query length, S key length (cache or sequence), D model width,
+  H query heads, G kv heads (groups), R = H // G query heads per kv head, K head dim,
+  N = B*T flattened tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mgr.errors import MgrError
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionDims:
+    """The model-level shape facts an attention module is built from."""
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    rope_base: float = 10000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlgebraConfig:
+    """Base for each algebra's own knobs. Subclasses are frozen kw_only dataclasses."""
+
+    def validate(self, dims: AttentionDims) -> None:
+        """Raise MgrError if these knobs cannot work with `dims`. Default: nothing to check."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def require(cond: bool, msg: str) -> None:
+    """Config validation helper: one-line MgrError when `cond` is false."""
+    if not cond:
+        raise MgrError(msg)
+
+
+@dataclass(frozen=True)
+class AttentionEntry:
+    """What the registry knows about one algebra.
+
+    module_cls(dims, cfg, *, rngs) builds the NNX module, called as
+    `y_BxTxD, cache = attn(x_BxTxD, positions_BxT, cache=None)`.
+    `reference(module, x_BxTxD, positions_BxT) -> y_BxTxD` is a slow, obviously correct form
+    using the module's own parameters. `block_factory`, when set, replaces the standard
+    pre-norm residual block (reversible and gauge use it).
+    """
+
+    name: str
+    config_cls: type
+    module_cls: type
+    flops_per_token: Callable[[AttentionDims, Any, int], float]
+    reference: Callable[..., jax.Array]
+    description: str
+    supports_cache: bool = True
+    block_factory: Callable[..., nnx.Module] | None = None
+
+
+def mask_value(dtype) -> jax.Array:
+    # A large finite negative: -inf turns fully masked rows (and their gradients) into NaN.
+    return jnp.asarray(jnp.finfo(dtype).min / 2, dtype)
+
+
+def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array) -> jax.Array:
+    """[B, T, S] boolean: key position <= query position."""
+    return k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]
+
+
+def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Parameter-free RMSNorm over the last axis, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype)
+
+
+def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, base: float) -> jax.Array:
+    """Rotary embedding on absolute positions (half-split layout)."""
+    k = x_BxTxHxK.shape[-1]
+    half = k // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    cos = jnp.cos(angle_BxTxF)[:, :, None, :]
+    sin = jnp.sin(angle_BxTxF)[:, :, None, :]
+    x1, x2 = x_BxTxHxK[..., :half].astype(jnp.float32), x_BxTxHxK[..., half:].astype(jnp.float32)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x_BxTxHxK.dtype)
+
+
+class Dense(nnx.Module):
+    """A bias-free linear layer that always multiplies 2-D `(N, in)` activations.
+
+    On XLA:CPU a `(B, T, D) @ (D, F)` matmul's backward pass is much slower than the same
+    product on `(B*T, D)` (measured 1.7x on a whole train step), so every caller's leading
+    axes are flattened here and restored after.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, std: float | None = None):
+        std = d_in ** -0.5 if std is None else std
+        init = jax.nn.initializers.normal(std) if std > 0 else jax.nn.initializers.zeros
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-1]
+        y_NxF = x.reshape(-1, x.shape[-1]) @ self.kernel[...].astype(x.dtype)
+        return y_NxF.reshape(*lead, y_NxF.shape[-1])
+
+
+class QKVProjection(nnx.Module):
+    """Query/key/value projections with QK-norm and RoPE, shared by the softmax-like algebras.
+
+    Returns q `[B, T, H, K]` and k, v `[B, T, G, K]` (GQA: G kv heads).
+    """
+
+    def __init__(self, dims: AttentionDims, *, rngs: nnx.Rngs):
+        self.dims = dims
+        h, g, k, d = dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.d_model
+        self.wq = Dense(d, h * k, rngs=rngs)
+        self.wk = Dense(d, g * k, rngs=rngs)
+        self.wv = Dense(d, g * k, rngs=rngs)
+
+    def __call__(self, x_BxTxD, positions_BxT, *, rope: bool = True, qk_norm: bool = True):
+        b, t, _ = x_BxTxD.shape
+        dm = self.dims
+        q = self.wq(x_BxTxD).reshape(b, t, dm.n_heads, dm.head_dim)
+        k = self.wk(x_BxTxD).reshape(b, t, dm.n_kv_heads, dm.head_dim)
+        v = self.wv(x_BxTxD).reshape(b, t, dm.n_kv_heads, dm.head_dim)
+        if qk_norm:
+            q, k = rms_normalize(q), rms_normalize(k)
+        if rope:
+            q = apply_rope(q, positions_BxT, dm.rope_base)
+            k = apply_rope(k, positions_BxT, dm.rope_base)
+        return q, k, v
+
+
+def init_kv_cache(batch: int, dims: AttentionDims, dtype=jnp.float32, n_streams: int = 2) -> dict:
+    """A fixed-size functional KV buffer of `max_seq_len` slots plus per-slot positions.
+
+    Slots never written hold position `max_seq_len` (beyond any query), so the causal mask
+    hides them without a separate length mask.
+    """
+    s, g, k = dims.max_seq_len, dims.n_kv_heads, dims.head_dim
+    cache = {f"s{i}": jnp.zeros((batch, s, g, k), dtype) for i in range(n_streams)}
+    cache["pos"] = jnp.full((batch, s), s, jnp.int32)
+    return cache
+
+
+def update_kv_cache(cache: dict, positions_BxT: jax.Array, *streams_BxTxGxK) -> dict:
+    """Write T new entries at their absolute positions (the slot index is the position)."""
+    start = positions_BxT[0, 0]
+    new = dict(cache)
+    for i, s in enumerate(streams_BxTxGxK):
+        new[f"s{i}"] = jax.lax.dynamic_update_slice_in_dim(cache[f"s{i}"], s.astype(cache[f"s{i}"].dtype),
+                                                          start, axis=1)
+    new["pos"] = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions_BxT.astype(jnp.int32),
+                                                     start, axis=1)
+    return new
+
+
+def pairwise_flops(dims: AttentionDims, seq_len: int) -> float:
+    """Forward multiply-adds*2 per token of the q/k/v/o projections (shared by many algebras)."""
+    d, h, g, k = dims.d_model, dims.n_heads, dims.n_kv_heads, dims.head_dim
+    return 2.0 * d * (h * k + 2 * g * k) + 2.0 * h * k * d

@@ -1,0 +1,55 @@
+"""The residual blocks of the decoder.
+
+`Block` is the standard pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Algebras
+that change the residual structure (reversible, gauge) register a `block_factory` with the
+same call signature instead; the model asks the registry, never compares names.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import attention
+from attention.base import Dense, rms_normalize
+from mgr.config import ModelConfig
+
+
+class MLP(nnx.Module):
+    """ReLU² feed-forward on 2-D activations, no biases."""
+
+    def __init__(self, d_model: int, hidden: int, *, rngs: nnx.Rngs, out_std: float | None = None):
+        self.up = Dense(d_model, hidden, rngs=rngs)
+        self.down = Dense(hidden, d_model, rngs=rngs, std=out_std)
+
+    def __call__(self, x):
+        return self.down(jnp.square(jax.nn.relu(self.up(x))))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block around any registered attention module."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        name = cfg.layer_attention(layer)
+        entry = attention.get(name)
+        self.attn = entry.module_cls(cfg.attention_dims(), cfg.algebra_config(name), rngs=rngs)
+        # Residual-branch outputs are scaled down with depth (GPT-2 style) so the stream's
+        # variance at init does not grow with the number of layers.
+        out_std = (cfg.d_model * cfg.mlp_ratio) ** -0.5 / (2 * cfg.n_layers) ** 0.5
+        self.mlp = MLP(cfg.d_model, cfg.d_model * cfg.mlp_ratio, rngs=rngs, out_std=out_std)
+
+    def init_cache(self, batch: int, dtype=jnp.float32):
+        return self.attn.init_cache(batch, dtype)
+
+    def __call__(self, x_BxTxD, positions_BxT, cache=None):
+        a, cache = self.attn(rms_normalize(x_BxTxD), positions_BxT, cache)
+        x_BxTxD = x_BxTxD + a
+        return x_BxTxD + self.mlp(rms_normalize(x_BxTxD)), cache
+
+
+def make_block(cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The block for `layer`: the algebra's own factory if it registered one, else `Block`."""
+    entry = attention.get(cfg.layer_attention(layer))
+    factory = entry.block_factory or Block
+    return factory(cfg, layer, rngs=rngs)

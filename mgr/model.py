@@ -1,0 +1,78 @@
+"""The decoder: token embedding -> N pre-norm blocks -> RMSNorm -> untied head -> soft-cap.
+
+Every linear layer multiplies 2-D `(B*T, D)` activations (see `attention.base.Dense`); heads
+are formed only inside attention. Logits come out in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from attention.base import Dense, rms_normalize
+from mgr.blocks import make_block
+from mgr.config import ModelConfig
+
+
+class Embedding(nnx.Module):
+    def __init__(self, vocab: int, d_model: int, *, rngs: nnx.Rngs):
+        self.table = nnx.Param(jax.random.normal(rngs.params(), (vocab, d_model), jnp.float32))
+
+    def __call__(self, tokens):
+        return jnp.take(self.table[...], tokens, axis=0)
+
+
+class Decoder(nnx.Module):
+    """`Decoder(cfg, rngs=nnx.Rngs(seed))(tokens_BxT) -> logits_BxTxV` (float32)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs=rngs)
+        self.blocks = nnx.List([make_block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
+        # Small head init: logits start near zero, so the loss at init is close to ln V.
+        self.head = Dense(cfg.d_model, cfg.vocab_size, rngs=rngs, std=0.02 / cfg.d_model ** 0.5 * 8)
+
+    def init_cache(self, batch: int, dtype=jnp.float32) -> list:
+        """Empty per-layer caches for prefill + token-by-token decoding."""
+        return [blk.init_cache(batch, dtype) for blk in self.blocks]
+
+    def hidden(self, tokens_BxT, positions_BxT=None, caches=None):
+        """Final normalised hidden states `[B, T, D]` and the updated caches."""
+        b, t = tokens_BxT.shape
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = self.embed(tokens_BxT)
+        new_caches = []
+        for i, blk in enumerate(self.blocks):
+            x, c = blk(x, positions_BxT, None if caches is None else caches[i])
+            new_caches.append(c)
+        return rms_normalize(x), (None if caches is None else new_caches)
+
+    def logits(self, h):
+        z = self.head(h).astype(jnp.float32)
+        cap = self.cfg.logit_softcap
+        return cap * jnp.tanh(z / cap)
+
+    def __call__(self, tokens_BxT, positions_BxT=None):
+        h, _ = self.hidden(tokens_BxT, positions_BxT)
+        return self.logits(h)
+
+    def decode(self, tokens_BxT, positions_BxT, caches):
+        """Cached forward over a chunk (T = 1 when decoding): logits and updated caches."""
+        h, caches = self.hidden(tokens_BxT, positions_BxT, caches)
+        return self.logits(h), caches
+
+    def loss(self, batch_BxTp1):
+        """Mean next-token cross-entropy of a packed `[B, T+1]` batch."""
+        inputs, targets = batch_BxTp1[:, :-1], batch_BxTp1[:, 1:]
+        h, _ = self.hidden(inputs)
+        # Flatten before the head: the 2-D head matmul and loss are the fast path on CPU.
+        logits_NxV = self.logits(h.reshape(-1, h.shape[-1]))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits_NxV, targets.reshape(-1))
+        return jnp.mean(ce)
+
+
+def param_count(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
