@@ -8,3 +8,8 @@ from attention.registry import get, names, register  # noqa: F401
 from attention.base import AttentionDims, AttentionEntry  # noqa: F401
 
 from attention import standard  # noqa: F401,E402
+from attention import tropical  # noqa: F401,E402
+from attention import ultrametric  # noqa: F401,E402
+from attention import simplicial  # noqa: F401,E402
+from attention import quaternion  # noqa: F401,E402
+from attention import octonion  # noqa: F401,E402

