@@ -157,6 +157,7 @@ class TrainConfig(_Serialisable):
     checkpoint_every: int = 100
     grad_clip: float = 1.0
     log_every: int = 10
+    time_limit_s: float | None = None
 
     def __post_init__(self):
         import optim

@@ -1,0 +1,58 @@
+"""Orbax checkpoints of the whole training state: params, optimizer state, step, data iterator.
+
+Layout under a run directory: `checkpoints/` (periodic + final, newest two kept) and
+`checkpoints/best/` (the best by validation CE). Each step directory holds `state` (arrays),
+`data` (the grain iterator's JSON state) and `meta` (JSON: step, validation curve, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from mgr.errors import MgrError
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, *, max_to_keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=True),
+        )
+
+    def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+        # The previous async save must finish before the donated state buffers are reused.
+        self.manager.wait_until_finished()
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, template_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
+        """Restore into the structure of `template_state`; unreadable data raises MgrError."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise MgrError(f"no checkpoint to resume from in {self.directory.name}/")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
+        try:
+            r = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for corrupt or mismatched files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MgrError(f"cannot read checkpoint at step {step}: {first[:200]}") from None
+        return r["state"], r["data"], r["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,144 @@
+"""The training loop proper: dispatch, lagged metrics, validation, checkpoints, resume.
+
+The host never waits on the device inside the loop: step t's metrics are read after step t+1
+has been dispatched. Validation and checkpoints synchronise, and their time is excluded from
+throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop records past the checkpoint so the log equals an uninterrupted run's."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _progress(enabled: bool, total: int, start: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeRemainingColumn(), transient=False)
+    bar.start()
+    bar.add_task("", total=total, completed=start)
+    return bar
+
+
+def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume: bool,
+             progress: bool, stop_after: int | None) -> dict:
+    state = prog.state
+    it = data.train_iterator(train_cfg.seed)
+    val = jnp.asarray(data.val_batches())
+    tokens_per_step = int(val.shape[1] * (val.shape[2] - 1))  # B * T: inputs exclude the last column
+    metrics_path = run_dir / "metrics.jsonl"
+    start, val_curve, best_val, train_seconds = 0, [], math.inf, 0.0
+    if resume:
+        state, data_state, meta = ckpt.restore(state)
+        it.set_state(data_state)
+        start, val_curve = int(meta["step"]), meta["val_curve"]
+        best_val, train_seconds = float(meta["best_val"]), float(meta["train_seconds"])
+        _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    log = metrics_path.open("a")
+    bar = _progress(progress, steps, start)
+    last = {"loss": None}
+    outcome = {"status": "ok", "reason": None}
+
+    def meta():
+        return {"step": step_done, "val_curve": val_curve, "best_val": best_val,
+                "train_seconds": train_seconds}
+
+    def consume(step: int, m) -> bool:
+        """Record step `step`'s metrics; False if the loss is not finite."""
+        loss = float(m["loss"])
+        last["loss"] = loss
+        if not math.isfinite(loss):
+            return False
+        if step % train_cfg.log_every == 0 or step == steps:
+            log.write(json.dumps({"kind": "train", "step": step, "loss": loss,
+                                  "grad_norm": float(m["grad_norm"]),
+                                  "flops": step * prog.flops_per_step}) + "\n")
+            log.flush()
+        if bar is not None:
+            tps = tokens_per_step * (step - start) / max(train_seconds - t_resumed, 1e-9)
+            bar.update(0, completed=step, description=f"loss {loss:.3f}  {tps:,.0f} tok/s")
+        return True
+
+    step_done, pending = start, None
+    t_resumed = train_seconds
+    tick = time.perf_counter()
+    try:
+        for step in range(start + 1, steps + 1):
+            state, m = prog.step_fn(state, next(it))
+            if pending is not None and not consume(*pending):
+                outcome = {"status": "diverged", "reason": f"non-finite loss at step {pending[0]}"}
+                break
+            pending, step_done = (step, m), step
+            due_eval = step % train_cfg.eval_every == 0 or step == steps
+            due_ckpt = step % train_cfg.checkpoint_every == 0 or step == steps
+            stop = stop_after is not None and step >= stop_after
+            if due_eval or due_ckpt or stop:
+                if not consume(*pending):
+                    outcome = {"status": "diverged", "reason": f"non-finite loss at step {step}"}
+                    pending = None
+                    break
+                pending = None
+                train_seconds += time.perf_counter() - tick
+                if due_eval:
+                    ce = float(prog.eval_fn(state["params"], val))
+                    val_curve.append([step, step * prog.flops_per_step, ce])
+                    log.write(json.dumps({"kind": "val", "step": step, "val_ce": ce,
+                                          "flops": step * prog.flops_per_step}) + "\n")
+                    log.flush()
+                    if ce < best_val:
+                        best_val = ce
+                        best.save(step, state, it.get_state(), meta())
+                if due_ckpt or stop:
+                    ckpt.save(step, state, it.get_state(), meta())
+                tick = time.perf_counter()
+            if stop and step < steps:
+                outcome = {"status": "interrupted", "reason": f"stopped after step {step}"}
+                break
+            if train_cfg.time_limit_s and train_seconds + time.perf_counter() - tick > train_cfg.time_limit_s:
+                ckpt.save(step, state, it.get_state(), meta())
+                outcome = {"status": "timeout", "reason": f"time limit {train_cfg.time_limit_s}s at step {step}"}
+                break
+        if pending is not None and not consume(*pending):
+            outcome = {"status": "diverged", "reason": f"non-finite loss at step {pending[0]}"}
+    except KeyboardInterrupt:
+        jax.block_until_ready(state)
+        ckpt.save(step_done, state, it.get_state(), meta())
+        outcome = {"status": "interrupted", "reason": f"interrupted after step {step_done}; --resume continues"}
+    finally:
+        log.close()
+        if bar is not None:
+            bar.stop()
+    done, session_seconds = step_done - start, train_seconds - t_resumed
+    tps = tokens_per_step * done / session_seconds if session_seconds > 0 and done > 0 else None
+    outcome["results"] = {
+        "steps_completed": step_done,
+        "train_ce_final": last["loss"],
+        "val_ce_final": val_curve[-1][2] if val_curve else None,
+        "val_ce_best": best_val if math.isfinite(best_val) else None,
+        "val_curve": val_curve,
+        "val_tokens": int(val.shape[0] * tokens_per_step),
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": tps,
+        "achieved_flops_per_second": prog.flops_per_step * tps / tokens_per_step if tps else None,
+    }
+    return outcome

@@ -1,0 +1,162 @@
+"""The trainer: one jitted, donated step; validation on fixed tokens; checkpoints; a run record.
+
+`train(...)` is the library entry point behind `mgr train` (and, later, each configuration of
+the fixed-FLOPs benchmark). It never raises for a run that merely fails: divergence, errors and
+timeouts end with an explicit status in `summary.json`. Bad *input* raises `MgrError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import optim
+from mgr import artifacts, flops
+from mgr.checkpoint import Checkpointer
+from mgr.config import DataConfig, ModelConfig, TrainConfig
+from mgr.errors import MgrError
+from mgr.model import Decoder
+
+
+@dataclass
+class Program:
+    """The compiled pieces of a run, built once and shared by the loop."""
+
+    graphdef: Any
+    state: dict
+    step_fn: Any  # compiled train step: (state, batch) -> (state, metrics)
+    eval_fn: Callable
+    flops_per_step: float
+    memory: dict
+    compile_seconds: float
+    total_steps: int
+
+
+def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
+                  total_steps: int) -> Program:
+    """Initialise the model and optimizer, compile the train step AOT, read its FLOPs."""
+    model = Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optim.build_transform(train_cfg, total_steps)
+
+    def loss_of_params(p, batch):
+        return nnx.merge(graphdef, p).loss(batch)
+
+    def step(state, batch):
+        loss, grads = jax.value_and_grad(loss_of_params)(state["params"], batch)
+        updates, opt = tx.update(grads, state["opt"], state["params"], value=loss,
+                                 value_fn=lambda p: loss_of_params(p, batch))
+        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt,
+               "step": state["step"] + 1}
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+
+    @jax.jit
+    def eval_fn(params, val_NxBxT):
+        return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
+
+    return Program(graphdef, state, compiled, eval_fn, flops.xla_flops(compiled),
+                   flops.xla_memory(compiled), compile_s, total_steps)
+
+
+def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
+    """Steps from `--steps`, or from the FLOPs budget divided by the compiled step's FLOPs."""
+    if train_cfg.target_flops is None:
+        return int(train_cfg.steps)
+    if flops_per_step <= 0:
+        raise MgrError("XLA reported no FLOPs for the train step; use --steps instead of --target-flops")
+    steps = int(train_cfg.target_flops // flops_per_step)
+    if steps < train_cfg.min_steps:
+        need = train_cfg.min_steps * flops_per_step
+        raise MgrError(f"--target-flops {train_cfg.target_flops:.3g} gives {steps} steps, fewer than the "
+                       f"minimum {train_cfg.min_steps}; the smallest budget that works is {need:.3g}")
+    return steps
+
+
+def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, *, run_dir: Path,
+          artifacts_root: Path, resume: bool = False, progress: bool = False, data=None,
+          stop_after: int | None = None) -> dict:
+    """Train one configuration and write its run record; returns the summary.
+
+    `stop_after` ends the loop early as if interrupted (tests use it to check exact resume).
+    """
+    from mgr.data import build_data
+    from mgr.loop import run_loop
+
+    if model_cfg.max_seq_len < data_cfg.seq_len:
+        raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if resume and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+        raise MgrError(f"--resume: no checkpoints in {run_dir.name}/checkpoints")
+    if not resume and (run_dir / "summary.json").exists():
+        raise MgrError(f"run '{run_dir.name}' already exists; pass --resume or choose another --run-id")
+    data = data or build_data(data_cfg)
+    if data.tokenizer.vocab_size != model_cfg.vocab_size:
+        raise MgrError(f"model vocab_size {model_cfg.vocab_size} != tokenizer's {data.tokenizer.vocab_size}")
+
+    batch_shape = (data_cfg.batch_size, data_cfg.seq_len + 1)
+    provisional = train_cfg.steps or 1000
+    prog = build_program(model_cfg, train_cfg, batch_shape, provisional)
+    steps = plan_steps(train_cfg, prog.flops_per_step)
+    if steps != provisional:  # the schedule's horizon is baked into the program
+        prog = build_program(model_cfg, train_cfg, batch_shape, steps)
+
+    summary = {
+        "schema_version": artifacts.SCHEMA_VERSION,
+        "meta": artifacts.provenance(run_dir.name),
+        "config": {"model": model_cfg.to_dict(), "data": {**data_cfg.to_dict(), **data.describe()},
+                   "train": train_cfg.to_dict(), "optim": optim.describe(train_cfg)},
+        "budget": {"target_flops": train_cfg.target_flops, "flops_per_step_xla": prog.flops_per_step,
+                   "flops_per_step_analytic": flops.analytic_train_flops_per_step(
+                       model_cfg, data_cfg.batch_size, data_cfg.seq_len),
+                   "steps": steps, "tokens": steps * data_cfg.batch_size * data_cfg.seq_len,
+                   "flops_source": "xla_cost_analysis"},
+        "results": {"compile_seconds": round(prog.compile_seconds, 3), **prog.memory},
+        "status": "running", "reason": None,
+        "paths": {"run": str(run_dir.relative_to(artifacts_root)) if run_dir.is_relative_to(artifacts_root)
+                  else run_dir.name, "metrics": "metrics.jsonl", "checkpoints": "checkpoints"},
+    }
+    artifacts.write_run(run_dir, summary)
+    ckpt = Checkpointer(ckpt_dir)
+    best = Checkpointer(ckpt_dir / "best", max_to_keep=1)
+    try:
+        outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, resume=resume,
+                           progress=progress, stop_after=stop_after)
+    except MgrError:
+        raise
+    except Exception as e:  # a failing run is recorded, not lost
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        outcome = {"status": "error", "reason": f"{type(e).__name__}: {msg[:300]}", "results": {}}
+    finally:
+        ckpt.close()
+        best.close()
+    summary["results"].update(outcome["results"])
+    summary["status"], summary["reason"] = outcome["status"], outcome["reason"]
+    artifacts.write_run(run_dir, summary)
+    return summary
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
