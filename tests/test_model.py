@@ -1,0 +1,108 @@
+"""The decoder: parameter count, loss at init, causality, caching, every algebra trains in it."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import attention
+from mgr.config import ModelConfig
+from mgr.errors import MgrError
+from mgr.model import Decoder, param_count
+
+from helpers import tiny_model
+
+
+def test_param_count_matches_formula():
+    cfg = ModelConfig(vocab_size=1000, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=16)
+    d, k, h, g, v, L = 64, 16, 4, 2, 1000, 3
+    attn = d * h * k + 2 * d * g * k + h * k * d
+    mlp = 2 * d * 4 * d
+    assert param_count(Decoder(cfg, rngs=nnx.Rngs(0))) == 2 * v * d + L * (attn + mlp)
+
+
+def test_loss_at_init_is_ln_vocab_and_logits_are_capped():
+    cfg = tiny_model(vocab_size=2000)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(0), (4, 17), 0, cfg.vocab_size)
+    assert abs(float(model.loss(tokens)) - math.log(cfg.vocab_size)) < 0.1
+    logits = model(tokens[:, :-1])
+    assert logits.dtype == jnp.float32 and logits.shape == (4, 16, cfg.vocab_size)
+    big = Decoder(cfg, rngs=nnx.Rngs(0))
+    big.head.kernel[...] = big.head.kernel[...] * 1e4
+    assert float(jnp.max(jnp.abs(big(tokens[:, :-1])))) <= cfg.logit_softcap
+
+
+def test_decoder_is_causal_over_a_hybrid_stack():
+    cfg = tiny_model(n_layers=len(attention.names()), attention=tuple(attention.names()))
+    model = Decoder(cfg, rngs=nnx.Rngs(1))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+    base = model(tokens)
+    changed = model(tokens.at[:, 7:].set((tokens[:, 7:] + 1) % cfg.vocab_size))
+    np.testing.assert_allclose(changed[:, :7], base[:, :7], atol=1e-5)
+    assert float(jnp.max(jnp.abs(changed[:, 7:] - base[:, 7:]))) > 1e-4
+
+
+def test_layers_follow_the_tiled_pattern():
+    names = attention.names()
+    cfg = tiny_model(n_layers=2 * len(names), attention=tuple(names))
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    for i, block in enumerate(model.blocks):
+        entry = attention.get(names[i % len(names)])
+        if entry.block_factory is None:
+            assert isinstance(block.attn, entry.module_cls)
+
+
+def test_cached_decoding_equals_full_forward():
+    cached = [n for n in attention.names() if attention.get(n).supports_cache]
+    cfg = tiny_model(n_layers=len(cached), attention=tuple(cached))
+    model = Decoder(cfg, rngs=nnx.Rngs(2))
+    tokens = jax.random.randint(jax.random.key(2), (2, 10), 0, cfg.vocab_size)
+    full = model(tokens)
+    caches = model.init_cache(2)
+    pos = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (2, 10))
+    out, caches = model.decode(tokens[:, :4], pos[:, :4], caches)
+    outs = [out]
+    for t in range(4, 10):
+        out, caches = model.decode(tokens[:, t:t + 1], pos[:, t:t + 1], caches)
+        outs.append(out)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", attention.names())
+def test_every_algebra_trains_in_the_decoder(name):
+    cfg = tiny_model(attention=name, vocab_size=128)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adam(3e-3)
+    batch = jax.random.randint(jax.random.key(3), (4, 17), 0, 128)
+
+    @jax.jit
+    def step(p, o):
+        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    opt = tx.init(params)
+    losses = []
+    for _ in range(12):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert all(map(math.isfinite, losses))
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(n_heads=4, n_kv_heads=3), "divisible by n_kv_heads"),
+    (dict(d_model=12, n_heads=4, n_kv_heads=4), "even for RoPE"),
+    (dict(attention="nonesuch"), "valid: standard"),
+    (dict(attention=("standard", "nonesuch")), "unknown attention 'nonesuch'"),
+])
+def test_bad_model_configs_are_one_line_errors(kw, words):
+    with pytest.raises(MgrError) as err:
+        tiny_model(**kw)
+    assert words in str(err.value) and "\n" not in str(err.value)
