@@ -178,3 +178,35 @@ def _print_result(summary: dict, run_dir: Path) -> None:
 
 def main():  # pragma: no cover - console entry
     app()
+
+
+@app.command("bench-throughput")
+@user_errors
+def bench_throughput(
+    attention: list[str] = typer.Option(["standard"], "--attention", "-a",
+                                        help="algebras to time (repeatable)"),
+    optimizer: list[str] = typer.Option(["adamw"], "--optimizer", "-o", help="optimizers (repeatable)"),
+    shape: list[str] = typer.Option(["2,128,4,128,8", "4,256,4,256,8"], "--shape",
+                                    help="L,d,H,T,B (repeatable)"),
+    vocab_size: int = typer.Option(4096),
+    steps: int = typer.Option(15, help="timed steps per configuration"),
+    run_id: Optional[str] = typer.Option(None),
+    artifacts_dir: Path = typer.Option(Path("artifacts")),
+):
+    """Time train steps against the machine's f32 matmul peak; writes artifacts/bench/throughput/<run_id>/."""
+    from mgr.artifacts import new_run_id
+    from mgr.runtime import enable_compilation_cache
+    from mgr.throughput import run_throughput
+
+    enable_compilation_cache()
+    shapes = []
+    for s in shape:
+        try:
+            L, d, h, t, b = (int(x) for x in s.split(","))
+        except ValueError:
+            raise MgrError(f"--shape must be L,d,H,T,B integers, got '{s}'") from None
+        shapes.append((L, d, h, t, b))
+    out = artifacts_dir / "bench" / "throughput" / (run_id or new_run_id())
+    table = run_throughput(attention, optimizer, shapes, vocab_size, steps, out)
+    typer.echo(table)
+    typer.echo(f"record: {out}/summary.json")
