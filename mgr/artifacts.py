@@ -87,7 +87,7 @@ def render_run_md(summary: dict[str, Any]) -> str:
         f" H={model['n_heads']} kv={model['n_kv_heads']} V={model['vocab_size']}",
         f"- optimizer: {_named(cfg['optim']['optimizer'])}; schedule: {_named(cfg['optim']['schedule'])};"
         f" lr {train['learning_rate']}, warmup {train['warmup_steps']}, seed {train['seed']}",
-        f"- data: {cfg['data']['corpus']}; seq {cfg['data']['seq_len']}, batch {cfg['data']['batch_size']}",
+        f"- data: {cfg['dataset']['corpus']}; seq {cfg['data']['seq_len']}, batch {cfg['data']['batch_size']}",
         "",
         "## Budget",
         "",

