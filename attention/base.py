@@ -56,7 +56,9 @@ class AttentionEntry:
     `y_BxTxD, cache = attn(x_BxTxD, positions_BxT, cache=None)`.
     `reference(module, x_BxTxD, positions_BxT) -> y_BxTxD` is a slow, obviously correct form
     using the module's own parameters. `block_factory`, when set, replaces the standard
-    pre-norm residual block (reversible and gauge use it).
+    pre-norm residual block (gauge uses it). `stack_factory`, when set, builds one module for
+    a run of consecutive layers of this algebra (reversible uses it: its inversion must span
+    the whole run for activation memory not to grow with depth).
     """
 
     name: str
@@ -67,6 +69,7 @@ class AttentionEntry:
     description: str
     supports_cache: bool = True
     block_factory: Callable[..., nnx.Module] | None = None
+    stack_factory: Callable[..., nnx.Module] | None = None
 
 
 def mask_value(dtype) -> jax.Array:

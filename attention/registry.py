@@ -12,7 +12,8 @@ _REGISTRY: dict[str, AttentionEntry] = {}
 
 def register(name: str, *, config_cls: type, flops_per_token: Callable, reference: Callable,
              description: str, supports_cache: bool = True,
-             block_factory: Callable | None = None) -> Callable[[type], type]:
+             block_factory: Callable | None = None,
+             stack_factory: Callable | None = None) -> Callable[[type], type]:
     """Class decorator: `@register("standard", config_cls=..., ...)` on the NNX module."""
 
     def wrap(module_cls: type) -> type:
@@ -21,7 +22,7 @@ def register(name: str, *, config_cls: type, flops_per_token: Callable, referenc
         _REGISTRY[name] = AttentionEntry(
             name=name, config_cls=config_cls, module_cls=module_cls, flops_per_token=flops_per_token,
             reference=reference, description=description, supports_cache=supports_cache,
-            block_factory=block_factory)
+            block_factory=block_factory, stack_factory=stack_factory)
         return module_cls
 
     return wrap

@@ -53,3 +53,25 @@ def make_block(cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs) -> nnx.Module:
     entry = attention.get(cfg.layer_attention(layer))
     factory = entry.block_factory or Block
     return factory(cfg, layer, rngs=rngs)
+
+
+def make_stack(cfg: ModelConfig, *, rngs: nnx.Rngs) -> list[nnx.Module]:
+    """The decoder's residual modules, in order.
+
+    Each is called as `x, cache = module(x_BxTxD, positions_BxT, cache)`. A run of consecutive
+    layers whose algebra registers a `stack_factory` becomes one module covering all of them
+    (`stack_factory(cfg, layers, rngs=...)`); every other layer gets its own block.
+    """
+    modules, layer = [], 0
+    while layer < cfg.n_layers:
+        entry = attention.get(cfg.layer_attention(layer))
+        if entry.stack_factory is None:
+            modules.append(make_block(cfg, layer, rngs=rngs))
+            layer += 1
+            continue
+        end = layer
+        while end < cfg.n_layers and attention.get(cfg.layer_attention(end)) is entry:
+            end += 1
+        modules.append(entry.stack_factory(cfg, list(range(layer, end)), rngs=rngs))
+        layer = end
+    return modules

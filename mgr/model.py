@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from attention.base import Dense, rms_normalize
-from mgr.blocks import make_block
+from mgr.blocks import make_stack
 from mgr.config import ModelConfig
 
 
@@ -30,7 +30,7 @@ class Decoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs=rngs)
-        self.blocks = nnx.List([make_block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
+        self.blocks = nnx.List(make_stack(cfg, rngs=rngs))
         # Small head init: logits start near zero, so the loss at init is close to ln V.
         self.head = Dense(cfg.d_model, cfg.vocab_size, rngs=rngs, std=0.02 / cfg.d_model ** 0.5 * 8)
 
