@@ -13,3 +13,8 @@ from attention import ultrametric  # noqa: F401,E402
 from attention import simplicial  # noqa: F401,E402
 from attention import quaternion  # noqa: F401,E402
 from attention import octonion  # noqa: F401,E402
+from attention import braid  # noqa: F401,E402
+from attention import fractal  # noqa: F401,E402
+from attention import surreal  # noqa: F401,E402
+from attention import reversible  # noqa: F401,E402
+from attention import gauge  # noqa: F401,E402

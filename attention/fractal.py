@@ -1,0 +1,1 @@
+"""Placeholder: this algebra is being written (issue 4)."""
