@@ -56,3 +56,19 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class NoCheckpoints:
+    """Stands in for a Checkpointer when a run keeps no checkpoints (benchmark arms)."""
+
+    def save(self, *args, **kwargs) -> None:
+        pass
+
+    def restore(self, *args, **kwargs):
+        raise MgrError("this run kept no checkpoints, so it cannot be resumed")
+
+    def wait(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -158,6 +158,8 @@ class TrainConfig(_Serialisable):
     grad_clip: float = 1.0
     log_every: int = 10
     time_limit_s: float | None = None
+    devices: int = 1
+    checkpoints: bool = True
 
     def __post_init__(self):
         import optim
@@ -168,6 +170,7 @@ class TrainConfig(_Serialisable):
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")
         _check(self.target_flops is None or self.target_flops > 0, "target_flops must be positive")
+        _check(self.devices >= 1, f"devices must be >= 1, got {self.devices}")
         _check(self.eval_every > 0 and self.checkpoint_every > 0 and self.log_every > 0,
                "eval_every, checkpoint_every and log_every must be positive")
 

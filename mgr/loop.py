@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -41,7 +40,7 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume:
              progress: bool, stop_after: int | None) -> dict:
     state = prog.state
     it = data.train_iterator(train_cfg.seed)
-    val = jnp.asarray(data.val_batches())
+    val = prog.put_val(data.val_batches())
     tokens_per_step = int(val.shape[1] * (val.shape[2] - 1))  # B * T: inputs exclude the last column
     metrics_path = run_dir / "metrics.jsonl"
     start, val_curve, best_val, train_seconds = 0, [], math.inf, 0.0
@@ -84,7 +83,7 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume:
     tick = time.perf_counter()
     try:
         for step in range(start + 1, steps + 1):
-            state, m = prog.step_fn(state, next(it))
+            state, m = prog.step_fn(state, prog.put_batch(next(it)))
             if pending is not None and not consume(*pending):
                 outcome = {"status": "diverged", "reason": f"non-finite loss at step {pending[0]}"}
                 break

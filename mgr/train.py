@@ -21,7 +21,7 @@ from flax import nnx
 
 import optim
 from mgr import artifacts, flops
-from mgr.checkpoint import Checkpointer
+from mgr.checkpoint import Checkpointer, NoCheckpoints
 from mgr.config import DataConfig, ModelConfig, TrainConfig
 from mgr.errors import MgrError
 from mgr.model import Decoder
@@ -39,6 +39,8 @@ class Program:
     memory: dict
     compile_seconds: float
     total_steps: int
+    put_batch: Callable  # host batch -> device batch (sharded over the data axis with --devices)
+    put_val: Callable
 
 
 def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
@@ -60,7 +62,10 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
         return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    put_batch = put_val = jnp.asarray
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
+    if train_cfg.devices > 1:
+        state, batch, put_batch, put_val = _data_parallel(state, batch_shape, train_cfg.devices)
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -70,7 +75,28 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
         return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
 
     return Program(graphdef, state, compiled, eval_fn, flops.xla_flops(compiled),
-                   flops.xla_memory(compiled), compile_s, total_steps)
+                   flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
+
+
+def _data_parallel(state, batch_shape, n: int):
+    """Replicate the state and shard batches over a 1-D 'data' mesh of `n` devices.
+
+    XLA inserts the gradient all-reduce itself; nothing else in the step changes, which is why
+    the same code runs on GPU/TPU hosts. `Auto` axes: JAX 0.10's default `Explicit` axes break
+    the embedding gather under sharding.
+    """
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+    if len(jax.devices()) < n:
+        raise MgrError(f"--devices {n} but only {len(jax.devices())} {jax.devices()[0].platform} device(s); "
+                       f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    if batch_shape[0] % n:
+        raise MgrError(f"batch size {batch_shape[0]} is not divisible by --devices {n}")
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    rows, val_rows = NamedSharding(mesh, P("data")), NamedSharding(mesh, P(None, "data"))
+    batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
+    return state, batch, (lambda b: jax.device_put(b, rows)), (lambda v: jax.device_put(v, val_rows))
 
 
 def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
@@ -132,8 +158,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                   else run_dir.name, "metrics": "metrics.jsonl", "checkpoints": "checkpoints"},
     }
     artifacts.write_run(run_dir, summary)
-    ckpt = Checkpointer(ckpt_dir)
-    best = Checkpointer(ckpt_dir / "best", max_to_keep=1)
+    ckpt = Checkpointer(ckpt_dir) if train_cfg.checkpoints else NoCheckpoints()
+    best = Checkpointer(ckpt_dir / "best", max_to_keep=1) if train_cfg.checkpoints else NoCheckpoints()
     try:
         outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, resume=resume,
                            progress=progress, stop_after=stop_after)

@@ -1,0 +1,82 @@
+"""Glue between `mgr bench-fixed-flops` and the library: defaults, sweep files, live display."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mgr.bench import BenchConfig, load_sweep, run_bench
+
+# The default suite: every registered algebra with AdamW on a small decoder, sized so the whole
+# grid finishes in minutes on a 2-core CPU while each arm still trains for 100+ steps.
+DEFAULTS = {
+    "optimizer": ("adamw",), "schedule": ("cosine",), "seeds": (0, 1), "target_flops": 1.2e11,
+    "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 4},
+    "data": {"seq_len": 64, "batch_size": 8, "vocab_size": 2048, "val_tokens": 16384},
+    "train": {"learning_rate": 3e-3, "warmup_steps": 10, "eval_every": 25, "min_steps": 20},
+}
+
+
+def merge(flags: dict, sweep: Path | None) -> BenchConfig:
+    """Built-in defaults < sweep file < flags given on the command line."""
+    import attention
+
+    from_sweep = load_sweep(sweep) if sweep else {}
+    out: dict = {"attention": tuple(attention.names())}
+    for key in ("optimizer", "schedule", "seeds", "target_flops"):
+        out[key] = DEFAULTS[key]
+    for layer in (from_sweep, {k: v for k, v in flags.items() if v is not None and not isinstance(v, dict)}):
+        out.update({k: v for k, v in layer.items() if not isinstance(v, dict)})
+    for section in ("model", "data", "train"):
+        merged = dict(DEFAULTS[section])
+        merged.update(from_sweep.get(section, {}))
+        merged.update({k: v for k, v in (flags.get(section) or {}).items() if v is not None})
+        out[section] = merged
+    return BenchConfig(**out)
+
+
+def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_root: Path) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from mgr.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
+    cfg = merge(flags, sweep)
+    console = Console(stderr=True)
+    total = len(cfg.arms()) * len(cfg.seeds)
+    console.print(f"[bold]fixed-FLOPs benchmark[/] {suite_dir.name}: {len(cfg.arms())} arms x "
+                  f"{len(cfg.seeds)} seeds at {cfg.target_flops:.3g} FLOPs each")
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("", total=total)
+
+        def on_result(s: dict) -> None:
+            res = s.get("results", {})
+            val = res.get("val_ce_final")
+            arm = s.get("config", {}).get("model", {}).get("attention", "?")
+            desc = f"{arm} seed {s.get('config', {}).get('train', {}).get('seed', '?')}: {s['status']}" + (
+                f" val CE {val:.3f}" if val else "")
+            bar.update(task, advance=1, description=desc)
+            if not console.is_terminal:
+                console.print(desc)
+
+        summary = run_bench(cfg, suite_dir, artifacts_root, on_result=on_result)
+    table = Table(title=f"validation CE at {cfg.target_flops:.3g} FLOPs", title_justify="left")
+    for col in ("arm", "val CE", "±95%", "Δ vs base", "p", "steps", "tok/s", "status"):
+        table.add_column(col)
+    for a in summary["arms"]:
+        v, d = a["val_ce"], a["delta_vs_baseline"]
+        p = d["welch"]["p_value"] if d and d["welch"] else None
+        table.add_row(a["arm"], _f(v["mean"], ".4f"), _f(v["ci95"], ".4f"), _f(d and d["diff"], "+.4f"),
+                      _f(p, ".3g"), _f(a["steps"], ".0f"), _f(a["tokens_per_second"], ",.0f"),
+                      ", ".join(f"{k} {n}" for k, n in sorted(a["statuses"].items())))
+    out = Console()
+    out.print(table)
+    for line in summary["conclusions"]["text"]:
+        out.print(f"- {line}")
+    return summary
+
+
+def _f(x, fmt):
+    return "–" if x is None else format(x, fmt)

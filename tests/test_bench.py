@@ -1,0 +1,157 @@
+"""The fixed-FLOPs harness: budgets, records, resume, failures, order, `report` and `compare`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mgr.train
+from mgr.bench import BenchConfig, run_bench
+from mgr.cli import app
+from mgr.config import TrainConfig
+from mgr.data import build_data
+from mgr.errors import MgrError
+from mgr.report import render_suite_md
+from mgr.train import plan_steps
+
+from helpers import TINY_DATA
+
+runner = CliRunner()
+MODEL = {"n_layers": 1, "d_model": 32, "n_heads": 4, "n_kv_heads": 2}
+TRAIN = {"learning_rate": 1e-2, "warmup_steps": 2, "eval_every": 5, "min_steps": 5}
+
+
+def bench(**kw) -> BenchConfig:
+    base = dict(attention=("standard",), seeds=(0,), target_flops=8e8, model=MODEL,
+                data=TINY_DATA.to_dict(), train=TRAIN)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data(TINY_DATA)
+
+
+def test_budget_arithmetic():
+    cfg = TrainConfig(steps=None, target_flops=1000.0, min_steps=10)
+    assert plan_steps(cfg, 99.0) == 10
+    assert plan_steps(cfg, 100.0) == 10
+    with pytest.raises(MgrError, match="smallest budget that works is 1.01e\\+03"):
+        plan_steps(cfg, 101.0)
+    assert plan_steps(TrainConfig(steps=7), 1e9) == 7
+
+
+def test_suite_records_budget_resume_and_report(tmp_path, data):
+    other = next(n for n in ("octonion", "simplicial", "quaternion") if n in __import__("attention").names())
+    cfg = bench(attention=("standard", other), seeds=(0, 1))
+    suite = tmp_path / "bench" / "fixed_flops" / "s1"
+    summary = run_bench(cfg, suite, tmp_path, data=data)
+    assert summary["schema_version"] == "mgr.bench.fixed_flops.v1"
+    arms = {a["arm"]: a for a in summary["arms"]}
+    assert set(arms) == {"standard-adamw-cosine", f"{other}-adamw-cosine"}
+    flops = {}
+    for name, arm in arms.items():
+        assert arm["statuses"] == {"ok": 2}
+        assert arm["val_ce"]["n"] == 2 and arm["val_ce"]["ci95"] > 0
+        for r in arm["runs"]:
+            run = json.loads((suite / r["path"]).read_text())
+            assert run["schema_version"] == "mgr.train.v1" and run["status"] == "ok"
+            assert run["budget"]["steps"] == int(cfg.target_flops // run["budget"]["flops_per_step_xla"])
+            assert run["results"]["val_tokens"] == TINY_DATA.val_tokens
+            flops[name] = run["budget"]["flops_per_step_xla"]
+    # the costlier algebra gets fewer steps at the same budget
+    assert flops[f"{other}-adamw-cosine"] != flops["standard-adamw-cosine"]
+    steps = {n: a["steps"] for n, a in arms.items()}
+    assert (steps[f"{other}-adamw-cosine"] < steps["standard-adamw-cosine"]) == \
+        (flops[f"{other}-adamw-cosine"] > flops["standard-adamw-cosine"])
+    delta = arms[f"{other}-adamw-cosine"]["delta_vs_baseline"]
+    assert delta["welch"]["p_value"] is not None and summary["conclusions"]["best_arm"] in arms
+    # run.md and the plot regenerate from the records alone
+    (suite / "run.md").unlink()
+    (suite / "curves.png").unlink()
+    result = runner.invoke(app, ["report", str(suite)])
+    assert result.exit_code == 0, result.output
+    regenerated = json.loads((suite / "summary.json").read_text())
+    assert (suite / "run.md").read_text() == render_suite_md(regenerated)
+    assert (suite / "curves.png").stat().st_size > 5000
+    # resume: nothing is retrained
+    stamps = {p: p.stat().st_mtime_ns for p in suite.glob("*/seed_*/summary.json")}
+    again = run_bench(cfg, suite, tmp_path, data=data)
+    assert {p: p.stat().st_mtime_ns for p in suite.glob("*/seed_*/summary.json")} == stamps
+    assert [a["val_ce"] for a in again["arms"]] == [a["val_ce"] for a in summary["arms"]]
+    # compare: a suite against itself passes; a worse candidate is a regression
+    assert runner.invoke(app, ["compare", str(suite), str(suite)]).exit_code == 0
+    worse = json.loads((suite / "summary.json").read_text())
+    worse["arms"][0]["val_ce"]["mean"] += 0.2
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    result = runner.invoke(app, ["compare", str(suite), str(tmp_path / "worse.json")])
+    assert result.exit_code == 1 and "regression" in result.stdout
+    assert runner.invoke(app, ["compare", str(suite), str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_failing_configuration_is_recorded_and_the_suite_goes_on(tmp_path, data, monkeypatch):
+    real = mgr.train.train
+
+    def flaky(model_cfg, data_cfg, train_cfg, **kw):
+        if train_cfg.seed == 1:
+            raise RuntimeError("injected failure")
+        return real(model_cfg, data_cfg, train_cfg, **kw)
+
+    monkeypatch.setattr(mgr.train, "train", flaky)
+    suite = tmp_path / "s2"
+    summary = run_bench(bench(seeds=(1, 0)), suite, tmp_path, data=data)
+    (arm,) = summary["arms"]
+    assert arm["statuses"] == {"ok": 1, "error": 1}
+    failed = next(r for r in arm["runs"] if r["seed"] == 1)
+    assert "injected failure" in failed["reason"]
+    assert "arms with failed runs" in " ".join(summary["conclusions"]["text"])
+
+
+def test_results_do_not_depend_on_arm_order(tmp_path, data):
+    a = run_bench(bench(attention=("standard",), optimizer=("adamw",), schedule=("cosine", "constant")),
+                  tmp_path / "ab", tmp_path, data=data)
+    b = run_bench(bench(attention=("standard",), optimizer=("adamw",), schedule=("constant", "cosine")),
+                  tmp_path / "ba", tmp_path, data=data)
+    va = {x["arm"]: x["val_ce"]["mean"] for x in a["arms"]}
+    vb = {x["arm"]: x["val_ce"]["mean"] for x in b["arms"]}
+    assert va == vb and len(va) == 2
+
+
+def test_too_small_budget_is_refused_with_the_smallest_that_works(tmp_path, data):
+    with pytest.raises(MgrError, match="smallest budget that works"):
+        run_bench(bench(target_flops=1e6), tmp_path / "s3", tmp_path, data=data)
+
+
+SCRIPT = """
+import json, sys, pathlib, tempfile
+sys.path.insert(0, "tests")
+from helpers import TINY_DATA, tiny_model, tiny_train
+from mgr.data import build_data
+from mgr.train import read_metrics, train
+data = build_data(TINY_DATA)
+out = {}
+for n in (1, 2):
+    root = pathlib.Path(tempfile.mkdtemp())
+    s = train(tiny_model(), TINY_DATA, tiny_train(steps=10, devices=n, checkpoints=False),
+              run_dir=root / "r", artifacts_root=root, data=data)
+    out[n] = [m["loss"] for m in read_metrics(root / "r") if m["kind"] == "train"]
+print(json.dumps(out))
+"""
+
+
+def test_two_simulated_devices_match_one(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    curves = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, two = curves["1"], curves["2"]
+    assert len(one) == len(two) == 10
+    for x, y in zip(one, two):
+        assert abs(x - y) <= 1e-5 * abs(x)
