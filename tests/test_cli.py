@@ -1,7 +1,6 @@
 """The command line: `mgr list`, a short `mgr train`, and one-line errors with exit code 2."""
 
 import json
-import shutil
 
 import pytest
 from typer.testing import CliRunner

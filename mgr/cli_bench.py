@@ -1,0 +1,138 @@
+"""`mgr bench-fixed-flops`, `report`, `compare` and `bench-throughput`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mgr.cli import app, user_errors
+from mgr.errors import MgrError
+@app.command("bench-throughput")
+@user_errors
+def bench_throughput(
+    attention: list[str] = typer.Option(["standard"], "--attention", "-a",
+                                        help="algebras to time (repeatable)"),
+    optimizer: list[str] = typer.Option(["adamw"], "--optimizer", "-o", help="optimizers (repeatable)"),
+    shape: list[str] = typer.Option(["2,128,4,128,8", "4,256,4,256,8"], "--shape",
+                                    help="L,d,H,T,B (repeatable)"),
+    vocab_size: int = typer.Option(4096),
+    steps: int = typer.Option(15, help="timed steps per configuration"),
+    run_id: Optional[str] = typer.Option(None),
+    artifacts_dir: Path = typer.Option(Path("artifacts")),
+):
+    """Time train steps against the machine's f32 matmul peak; writes artifacts/bench/throughput/<run_id>/."""
+    from mgr.artifacts import new_run_id
+    from mgr.runtime import enable_compilation_cache
+    from mgr.throughput import run_throughput
+
+    enable_compilation_cache()
+    shapes = []
+    for s in shape:
+        try:
+            L, d, h, t, b = (int(x) for x in s.split(","))
+        except ValueError:
+            raise MgrError(f"--shape must be L,d,H,T,B integers, got '{s}'") from None
+        shapes.append((L, d, h, t, b))
+    out = artifacts_dir / "bench" / "throughput" / (run_id or new_run_id())
+    table = run_throughput(attention, optimizer, shapes, vocab_size, steps, out)
+    typer.echo(table)
+    typer.echo(f"record: {out}/summary.json")
+
+
+def _csv(values: Optional[list[str]], cast=str) -> Optional[tuple]:
+    """Repeatable options that also accept comma-separated lists: -a standard,tropical -a gauge."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in v.split(","):
+            if part.strip():
+                try:
+                    out.append(cast(part.strip()))
+                except ValueError:
+                    raise MgrError(f"cannot read '{part}' as {cast.__name__}") from None
+    return tuple(out)
+
+
+@app.command("bench-fixed-flops")
+@user_errors
+def bench_fixed_flops(
+    attention: Optional[list[str]] = typer.Option(None, "--attention", "-a",
+                                                  help="repeatable; default: every registered algebra"),
+    optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", "-o", help="repeatable; default adamw"),
+    schedule: Optional[list[str]] = typer.Option(None, "--schedule", help="repeatable; default cosine"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1)"),
+    target_flops: Optional[float] = typer.Option(None, help="XLA-counted FLOPs per configuration"),
+    n_layer: Optional[int] = typer.Option(None), n_head: Optional[int] = typer.Option(None),
+    n_kv_head: Optional[int] = typer.Option(None), n_embd: Optional[int] = typer.Option(None),
+    seq_len: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    vocab_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None, "--lr"),
+    warmup: Optional[int] = typer.Option(None), eval_every: Optional[int] = typer.Option(None),
+    data: Optional[str] = typer.Option(None, help="directory of parquet shards with a 'text' column"),
+    sweep: Optional[Path] = typer.Option(None, help="TOML grid (see experiments/)"),
+    baseline: Optional[str] = typer.Option(None, help="baseline arm, e.g. standard-adamw-cosine"),
+    timeout_s: Optional[float] = typer.Option(None, help="training time limit per configuration"),
+    devices: Optional[int] = typer.Option(None, help="shard each batch over N devices"),
+    run_id: Optional[str] = typer.Option(None, help="suite id; an existing one is resumed"),
+    artifacts_dir: Path = typer.Option(Path("artifacts")),
+):
+    """Train every configuration to the same FLOPs budget and compare validation CE across seeds."""
+    from mgr.artifacts import new_run_id
+    from mgr.benchcli import run_from_cli
+
+    if devices and devices > 1 and "jax" not in sys.modules:
+        import os  # simulated CPU devices must be requested before JAX starts
+
+        os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={devices}")
+    flags = {
+        "attention": _csv(attention), "optimizer": _csv(optimizer), "schedule": _csv(schedule),
+        "seeds": _csv([seeds] if seeds else None, int), "target_flops": target_flops,
+        "baseline": baseline, "timeout_s": timeout_s,
+        "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd},
+        "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
+        "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
+    }
+    suite = artifacts_dir / "bench" / "fixed_flops" / (run_id or new_run_id())
+    summary = run_from_cli(flags, sweep, suite, artifacts_dir)
+    bad = [a["arm"] for a in summary["arms"] if any(s != "ok" for s in a["statuses"])]
+    typer.echo(f"record: {suite}/summary.json")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(suite_dir: Path = typer.Argument(..., help="a fixed-FLOPs suite directory")):
+    """Re-render a suite's summary.json, run.md and curves.png from its run records."""
+    from mgr.report import write_suite
+
+    if not (suite_dir / "bench.json").is_file():
+        raise MgrError(f"{suite_dir} is not a benchmark suite (no bench.json)")
+    summary = write_suite(suite_dir)
+    for line in summary["conclusions"]["text"]:
+        typer.echo(line)
+    typer.echo(f"wrote {suite_dir}/summary.json, run.md, curves.png")
+
+
+@app.command()
+@user_errors
+def compare(
+    baseline: Path = typer.Argument(..., help="run or suite directory (or its summary.json)"),
+    candidate: Path = typer.Argument(...),
+    loss_abs: float = typer.Option(0.01), loss_rel: float = typer.Option(0.01),
+    throughput_rel: float = typer.Option(0.10), memory_rel: float = typer.Option(0.05),
+):
+    """Compare two runs or suites metric by metric; exit 1 on a regression beyond the thresholds."""
+    from mgr import compare as cmp
+
+    rows = cmp.compare(cmp.load(baseline), cmp.load(candidate),
+                       cmp.Thresholds(loss_abs, loss_rel, throughput_rel, memory_rel))
+    typer.echo(cmp.render(rows))
+    regressions = [r for r in rows if r["status"] == "regression"]
+    typer.echo(f"{len(regressions)} regression(s)")
+    if regressions:
+        raise typer.Exit(1)
+
