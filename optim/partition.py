@@ -2,9 +2,18 @@
 
 Decided here once, from each parameter's path and rank, and used by every consumer: AdamW's
 weight-decay mask, Muon's routing, reports. The decoder names its token table `embed` and its
-output projection `head` (see mgr/model.py); everything else with two or more axes inside the
-blocks is a hidden matrix (with `stacked=True`, a leading layer axis from `nnx.scan` is not
-counted as a matrix axis).
+output projection `head` (see mgr/model.py). Inside the blocks a hidden matrix is the weight of
+a linear map: a parameter named `kernel` (as `attention.base.Dense` and `nnx.Linear` name it)
+with two or more axes (with `stacked=True`, a leading layer axis from `nnx.scan` is not counted).
+Everything else is a "vector": norms, biases, scalars, and also 2-D tables that are not linear
+maps (ultrametric's per-head level log-weights `log_w`, braid's `t_bias`), which orthogonalising
+or decaying would not make sense for. An algebra that adds a projection must therefore call it
+`kernel` (use `Dense`) for Muon to treat it as a matrix.
+
+Kernels are stored `(..., in, out)` (see `attention.base.Dense`): the last two axes of a matrix
+are its input and output axes and any leading axes (the stacked layer axis, per-head blocks)
+are batch axes, which is what `matrix_axes` tells Muon. That one rule is right for both the
+unrolled `(in, out)` and the stacked `(L, in, out)` layouts.
 """
 
 from __future__ import annotations
@@ -29,12 +38,21 @@ def path_str(path) -> str:
 
 
 def role_of(path: str, ndim: int, *, stacked: bool = False) -> str:
-    top = path.split("/", 1)[0]
-    if top == "embed":
+    """The role of the parameter at `path` ('blocks/0/attn/wo/kernel') with `ndim` axes."""
+    parts = path.split("/")
+    if parts[0] == "embed":
         return EMBEDDING
-    if top == "head":
+    if parts[0] == "head":
         return HEAD
-    return MATRIX if ndim - (1 if stacked else 0) >= 2 else VECTOR
+    is_matrix = parts[-1] == "kernel" and ndim - (1 if stacked else 0) >= 2
+    return MATRIX if is_matrix else VECTOR
+
+
+def matrix_axes(ndim: int) -> tuple[int, int]:
+    """(reduction/input axis, output axis) of a matrix-role parameter with `ndim` axes."""
+    if ndim < 2:
+        raise ValueError(f"a matrix needs two axes, got ndim={ndim}")
+    return ndim - 2, ndim - 1
 
 
 def roles(params: Any, *, stacked: bool = False) -> Any:

@@ -10,9 +10,13 @@ from mgr.errors import MgrError
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """`build(cfg, learning_rate) -> optax.GradientTransformation[ExtraArgs]`.
+    """`build(cfg, learning_rate, *, stacked=False) -> optax.GradientTransformation[ExtraArgs]`.
 
-    `learning_rate` is an optax schedule (step -> value) already including warmup and decay.
+    `learning_rate` is either an optax schedule (step -> value, warmup and decay included) or a
+    scalar (a traced array when a wrapping schedule such as `ordinal` sets it every step); a
+    builder must accept both and give the same state structure for either scalar value.
+    `stacked` says the block parameters carry a leading layer axis (`nnx.scan`), for
+    `optim.partition`.
     """
 
     name: str
@@ -23,12 +27,20 @@ class OptimizerEntry:
 
 @dataclass(frozen=True)
 class ScheduleEntry:
-    """`build(cfg, peak_lr, warmup_steps, total_steps) -> optax.Schedule`."""
+    """`build(cfg, peak_lr, warmup_steps, total_steps) -> optax.Schedule`, and optionally `wrap`.
+
+    A plain schedule is a function of the step. A schedule that must see the loss or touch the
+    optimizer's state (ordinal: anneal and restart) also provides
+    `wrap(cfg, make_optimizer, base_schedule) -> optax.GradientTransformationExtraArgs`, where
+    `make_optimizer(learning_rate)` builds the registered optimizer at a scalar learning rate
+    and `base_schedule` is what `build` returned. The wrapper owns the optimizer's state.
+    """
 
     name: str
     config_cls: type
     build: Callable[..., Any]
     description: str
+    wrap: Callable[..., Any] | None = None
 
 
 _OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -52,16 +64,17 @@ def register(name: str, *, config_cls: type, description: str):
     return wrap
 
 
-def register_schedule(name: str, *, config_cls: type, description: str):
-    """Decorator on a schedule's build function."""
+def register_schedule(name: str, *, config_cls: type, description: str,
+                      wrap: Callable[..., Any] | None = None):
+    """Decorator on a schedule's build function (`wrap`: see `ScheduleEntry`)."""
 
-    def wrap(build):
+    def decorate(build):
         if name in _SCHEDULES:
             raise RuntimeError(f"schedule '{name}' registered twice")
-        _SCHEDULES[name] = ScheduleEntry(name, config_cls, build, description)
+        _SCHEDULES[name] = ScheduleEntry(name, config_cls, build, description, wrap)
         return build
 
-    return wrap
+    return decorate
 
 
 def names() -> list[str]:

@@ -1,4 +1,7 @@
-"""Learning-rate schedules: constant (after warmup) and linear warmup then cosine decay."""
+"""Learning-rate schedules that are functions of the step: constant and cosine (both after a
+linear warmup). The loss-driven ordinal schedule lives in optim/ordinal.py. Math and tests:
+markdown_documentation/schedules.md.
+"""
 
 from __future__ import annotations
 
