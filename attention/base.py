@@ -8,6 +8,8 @@ Shape legend (names carry their shapes, e.g. `q_BxTxHxK`):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -70,6 +72,9 @@ class AttentionEntry:
     supports_cache: bool = True
     block_factory: Callable[..., nnx.Module] | None = None
     stack_factory: Callable[..., nnx.Module] | None = None
+    # Forward FLOPs per token of one whole layer (attention + MLP) for algebras whose layer is
+    # not the standard block; None means attention flops_per_token plus the standard MLP.
+    layer_flops: Callable[[Any, int], float] | None = None
 
 
 def mask_value(dtype) -> jax.Array:
@@ -176,3 +181,32 @@ def pairwise_flops(dims: AttentionDims, seq_len: int) -> float:
     """Forward multiply-adds*2 per token of the q/k/v/o projections (shared by many algebras)."""
     d, h, g, k = dims.d_model, dims.n_heads, dims.n_kv_heads, dims.head_dim
     return 2.0 * d * (h * k + 2 * g * k) + 2.0 * h * k * d
+
+
+# XLA's cost analysis counts a while-loop body once, whatever its trip count (10 matmuls in a
+# scan were reported as one). The FLOPs budget therefore lowers the train step a second time
+# inside `unrolled_loops()`, and every sequential loop in the project goes through `scan` /
+# `loop_map` below so that it unrolls there. The unrolled program is only counted, never run.
+_UNROLL = contextvars.ContextVar("mgr_unroll_loops", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_loops():
+    """Within this context `scan` and `loop_map` trace fully unrolled (for FLOP counting)."""
+    token = _UNROLL.set(True)
+    try:
+        yield
+    finally:
+        _UNROLL.reset(token)
+
+
+def scan(f, init, xs=None, length=None, reverse: bool = False):
+    """`jax.lax.scan` that unrolls inside `unrolled_loops()`."""
+    return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=True if _UNROLL.get() else 1)
+
+
+def loop_map(f, xs, batch_size: int | None = None):
+    """`jax.lax.map` that unrolls inside `unrolled_loops()` (same FLOPs, one element at a time)."""
+    if not _UNROLL.get():
+        return jax.lax.map(f, xs, batch_size=batch_size)
+    return jax.lax.scan(lambda c, x: (c, f(x)), None, xs, unroll=True)[1]

@@ -13,7 +13,8 @@ _REGISTRY: dict[str, AttentionEntry] = {}
 def register(name: str, *, config_cls: type, flops_per_token: Callable, reference: Callable,
              description: str, supports_cache: bool = True,
              block_factory: Callable | None = None,
-             stack_factory: Callable | None = None) -> Callable[[type], type]:
+             stack_factory: Callable | None = None,
+             layer_flops: Callable | None = None) -> Callable[[type], type]:
     """Class decorator: `@register("standard", config_cls=..., ...)` on the NNX module."""
 
     def wrap(module_cls: type) -> type:
@@ -22,7 +23,7 @@ def register(name: str, *, config_cls: type, flops_per_token: Callable, referenc
         _REGISTRY[name] = AttentionEntry(
             name=name, config_cls=config_cls, module_cls=module_cls, flops_per_token=flops_per_token,
             reference=reference, description=description, supports_cache=supports_cache,
-            block_factory=block_factory, stack_factory=stack_factory)
+            block_factory=block_factory, stack_factory=stack_factory, layer_flops=layer_flops)
         return module_cls
 
     return wrap

@@ -61,6 +61,16 @@ def _flops(dims: AttentionDims, cfg: ReversibleConfig, seq_len: int) -> float:
     return standard._flops(dims, cfg, seq_len)
 
 
+def _layer_flops(cfg, seq_len: int) -> float:
+    """One reversible layer per token: F and G on the D/2 stream, plus the backward pass's
+    recomputation of both (one more forward), expressed as forward FLOPs x 4/3 so that the
+    trainer's usual 3x forward rule gives the 4x this layer really costs."""
+    dims = half_dims(cfg.attention_dims())
+    d = dims.d_model
+    forward = standard._flops(dims, None, seq_len) + 2.0 * 2.0 * d * d * cfg.mlp_ratio
+    return forward * 4.0 / 3.0
+
+
 class ReversibleStack(nnx.Module):
     """A run of L reversible layers as one module: `x, cache = stack(x_BxTxD, positions, cache)`.
 
@@ -115,7 +125,7 @@ class ReversibleStack(nnx.Module):
 @register("reversible", config_cls=ReversibleConfig, flops_per_token=_flops, reference=_reference,
           description="reversible coupling stack (attention F, MLP G on half-width streams) whose "
                       "backward pass inverts the stack instead of storing activations",
-          supports_cache=True, stack_factory=ReversibleStack)
+          supports_cache=True, stack_factory=ReversibleStack, layer_flops=_layer_flops)
 class ReversibleAttention(standard.StandardAttention):
     """F: causal softmax attention (RoPE, QK-norm, GQA) on the dims it is given.
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import rms_normalize
+from attention.base import rms_normalize, scan
 
 Branch = Callable[[Any, jax.Array], jax.Array]
 
@@ -47,7 +47,7 @@ def scan_forward(f: Branch, g: Branch, p_f, p_g, x1, x2):
     def body(carry, p):
         return coupling(f, g, p[0], p[1], *carry), None
 
-    (y1, y2), _ = jax.lax.scan(body, (x1, x2), (p_f, p_g))
+    (y1, y2), _ = scan(body, (x1, x2), (p_f, p_g))
     return y1, y2
 
 
@@ -56,7 +56,7 @@ def scan_inverse(f: Branch, g: Branch, p_f, p_g, y1, y2):
     def body(carry, p):
         return coupling_inverse(f, g, p[0], p[1], *carry), None
 
-    (x1, x2), _ = jax.lax.scan(body, (y1, y2), (p_f, p_g), reverse=True)
+    (x1, x2), _ = scan(body, (y1, y2), (p_f, p_g), reverse=True)
     return x1, x2
 
 
@@ -103,7 +103,7 @@ def scan_backward(f: Branch, g: Branch, p_f, p_g, y1, y2, dy1, dy2):
         dpf, dx2_from_f = f_vjp(dy1)
         return (x1, x2, dy1, dy2 + dx2_from_f), (dpf, dpg)
 
-    (_, _, dx1, dx2), (dp_f, dp_g) = jax.lax.scan(body, (y1, y2, dy1, dy2), (p_f, p_g),
+    (_, _, dx1, dx2), (dp_f, dp_g) = scan(body, (y1, y2, dy1, dy2), (p_f, p_g),
                                                   reverse=True)
     return dp_f, dp_g, dx1, dx2
 
@@ -131,7 +131,7 @@ def cached_stack(gd_f, gd_g, p_f, p_g, x1, x2, positions_BxT, cache):
         y1 = x1 + a
         return (y1, x2 + nnx.merge(gd_g, pg)(rms_normalize(y1))), c
 
-    (y1, y2), cache = jax.lax.scan(body, (x1, x2), (p_f, p_g, cache))
+    (y1, y2), cache = scan(body, (x1, x2), (p_f, p_g, cache))
     return y1, y2, cache
 
 

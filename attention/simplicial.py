@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from attention.base import (AlgebraConfig, AttentionDims, Dense, QKVProjection, init_kv_cache,
-                            mask_value, pairwise_flops, require, rms_normalize, update_kv_cache)
+                            mask_value, pairwise_flops, require, rms_normalize, update_kv_cache, loop_map)
 from attention.registry import register
 from attention.standard import grouped_softmax_attention
 
@@ -130,7 +130,7 @@ def _window_attention(q_BxTxHxK, k1_BxCxHxK, v1_BxCxHxK, k2_BxCxHxK, v2_BxCxHxK,
         return _window_block(sl(q, qb), *[sl(x, qb + pad) for x in kv], sl(q_pos, qb),
                              sl(c_pos, qb + pad), w1, w2)
 
-    y_NxBxQxHxK = jax.lax.map(one_block, jnp.arange(nb))
+    y_NxBxQxHxK = loop_map(one_block, jnp.arange(nb))
     return jnp.moveaxis(y_NxBxQxHxK, 0, 1).reshape(b, nb * qb, h, k)[:, :t]
 
 

@@ -90,45 +90,19 @@ def load_sweep(path: Path) -> dict:
 def preflight(cfg: BenchConfig) -> None:
     """Refuse a budget too small for the minimum steps before anything trains.
 
-    Uses the lowered (uncompiled) program's cost analysis: cheap, and close to the compiled
-    count that each run then uses for its own steps.
+    Counts each arm's step without compiling it (`mgr.train.step_flops`): the same count each
+    run then uses for its own steps.
     """
-    from mgr.flops import xla_flops
+    from mgr.train import step_flops
 
     worst = 0.0
     for arm in cfg.arms():
         model, data, train = cfg.configs(*arm, cfg.seeds[0])
-        lowered = _lower_step(model, train, (data.batch_size, data.seq_len + 1))
-        worst = max(worst, xla_flops(lowered))
+        worst = max(worst, step_flops(model, train, (data.batch_size, data.seq_len + 1)))
     min_steps = TrainConfig(**cfg.train).min_steps if cfg.train else TrainConfig().min_steps
     if cfg.target_flops < worst * min_steps:
         raise MgrError(f"--target-flops {cfg.target_flops:.3g} gives the costliest arm fewer than "
                        f"{min_steps} steps; the smallest budget that works is {worst * min_steps:.3g}")
-
-
-def _lower_step(model_cfg, train_cfg, batch_shape):
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    import optim
-    from mgr.model import Decoder
-
-    model = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = optim.build_transform(train_cfg, 1000)
-
-    def loss_of_params(p, b):
-        return nnx.merge(graphdef, p).loss(b)
-
-    def step(params, opt, batch):
-        loss, g = jax.value_and_grad(loss_of_params)(params, batch)
-        u, opt = tx.update(g, opt, params, value=loss, value_fn=lambda p: loss_of_params(p, batch))
-        return optax.apply_updates(params, u), opt
-
-    opt = jax.eval_shape(tx.init, params)
-    return jax.jit(step).lower(params, opt, jax.ShapeDtypeStruct(batch_shape, jnp.int32))
 
 
 def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,

@@ -18,7 +18,11 @@ def analytic_forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     total = 0.0
     for layer in range(cfg.n_layers):
         name = cfg.layer_attention(layer)
-        total += attention.get(name).flops_per_token(dims, cfg.algebra_config(name), seq_len)
+        entry = attention.get(name)
+        if entry.layer_flops is not None:
+            total += entry.layer_flops(cfg, seq_len)
+            continue
+        total += entry.flops_per_token(dims, cfg.algebra_config(name), seq_len)
         total += 2.0 * 2.0 * cfg.d_model * cfg.d_model * cfg.mlp_ratio
     return total + 2.0 * cfg.d_model * cfg.vocab_size
 

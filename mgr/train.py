@@ -43,20 +43,26 @@ class Program:
     put_val: Callable
 
 
-def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
-                  total_steps: int) -> Program:
-    """Initialise the model and optimizer, compile the train step AOT, read its FLOPs."""
+@dataclass
+class StepParts:
+    """The pure pieces of a run, before anything is compiled."""
+
+    graphdef: Any
+    init: Callable  # () -> state (params, optimizer state, step)
+    step: Callable  # (state, batch) -> (state, metrics)
+    loss_of_params: Callable  # (params, batch) -> mean cross-entropy
+
+
+def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int) -> StepParts:
+    """The model's loss, the optimizer and one train step as pure functions of arrays."""
     tx = optim.build_transform(train_cfg, total_steps)
 
     def init():
         _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed)), nnx.Param)
         return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
-    # Initialising inside one jit makes the many small initialiser ops a single compile (eagerly
-    # each op and shape is its own XLA program: seconds natively, a minute under emulation).
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed))),
                             nnx.Param)
-    state = jax.jit(init)()
 
     def loss_of_params(p, batch):
         return nnx.merge(graphdef, p).loss(batch)
@@ -69,6 +75,24 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
                "step": state["step"] + 1}
         return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
+    return StepParts(graphdef, init, step, loss_of_params)
+
+
+def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int]) -> float:
+    """XLA's count of one train step's FLOPs without initialising or compiling anything."""
+    parts = make_step(model_cfg, train_cfg, total_steps=1000)
+    return counted_flops(parts.step, jax.eval_shape(parts.init), jax.ShapeDtypeStruct(batch_shape, jnp.int32))
+
+
+def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
+                  total_steps: int) -> Program:
+    """Initialise the model and optimizer, compile the train step AOT, read its FLOPs."""
+    parts = make_step(model_cfg, train_cfg, total_steps)
+    graphdef, step, loss_of_params = parts.graphdef, parts.step, parts.loss_of_params
+    # Initialising inside one jit makes the many small initialiser ops a single compile (eagerly
+    # each op and shape is its own XLA program: seconds natively, a minute under emulation).
+    state = jax.jit(parts.init)()
+
     put_batch = put_val = jnp.asarray
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
     if train_cfg.devices > 1:
@@ -76,12 +100,13 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    step_flops = counted_flops(step, state, batch)
 
     @jax.jit
     def eval_fn(params, val_NxBxT):
         return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
 
-    return Program(graphdef, state, compiled, eval_fn, flops.xla_flops(compiled),
+    return Program(graphdef, state, compiled, eval_fn, step_flops,
                    flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
 
 
@@ -104,6 +129,21 @@ def _data_parallel(state, batch_shape, n: int):
     rows, val_rows = NamedSharding(mesh, P("data")), NamedSharding(mesh, P(None, "data"))
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
     return state, batch, (lambda b: jax.device_put(b, rows)), (lambda v: jax.device_put(v, val_rows))
+
+
+def counted_flops(step: Callable, *args) -> float:
+    """XLA's FLOPs of `step`, counted on its lowered HLO with every sequential loop unrolled.
+
+    Compiled and lowered counts agree to 0.2% for loop-free programs, but both count a
+    while-loop body once; lowering under `unrolled_loops()` (never compiled, never run) charges
+    every iteration: a scan over layers, key blocks, or HOSS's Lanczos steps.
+    """
+    from attention.base import unrolled_loops
+
+    with unrolled_loops():
+        # a fresh wrapper, so no trace cached outside the context is reused
+        lowered = jax.jit(lambda *a: step(*a)).lower(*args)
+    return flops.xla_flops(lowered)
 
 
 def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
@@ -158,7 +198,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                    "flops_per_step_analytic": flops.analytic_train_flops_per_step(
                        model_cfg, data_cfg.batch_size, data_cfg.seq_len),
                    "steps": steps, "tokens": steps * data_cfg.batch_size * data_cfg.seq_len,
-                   "flops_source": "xla_cost_analysis"},
+                   "flops_source": "xla_cost_analysis_unrolled_hlo"},
         "results": {"compile_seconds": round(prog.compile_seconds, 3), **prog.memory},
         "status": "running", "reason": None,
         "paths": {"run": str(run_dir.relative_to(artifacts_root)) if run_dir.is_relative_to(artifacts_root)
