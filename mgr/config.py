@@ -164,8 +164,7 @@ class TrainConfig(_Serialisable):
     def __post_init__(self):
         import optim
 
-        optim.get(self.optimizer)
-        optim.get_schedule(self.schedule)
+        optim.describe(self)  # unknown names or knobs fail here, at construction
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")

@@ -155,3 +155,20 @@ def test_two_simulated_devices_match_one(tmp_path):
     assert len(one) == len(two) == 10
     for x, y in zip(one, two):
         assert abs(x - y) <= 1e-5 * abs(x)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweeps_name_only_registered_things(path):
+    import attention
+    import optim
+    from mgr.benchcli import merge
+
+    cfg = merge({}, path)
+    for name in cfg.attention:
+        attention.get(name)
+    for name in cfg.optimizer:
+        optim.get(name)
+    for name in cfg.schedule:
+        optim.get_schedule(name)
+    assert cfg.target_flops > 0 and len(cfg.seeds) >= 2
