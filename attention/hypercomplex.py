@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from attention.base import AttentionDims, Dense, QKVProjection, init_kv_cache, update_kv_cache
@@ -63,7 +64,8 @@ def qright(b):
 
 # ----------------------------------------------------------------------------- octonions
 
-_J = jnp.diag(jnp.array([1.0, -1.0, -1.0, -1.0]))  # conjugation as a matrix
+# conjugation as a matrix (numpy: no device work at import, which would pre-empt jax.distributed)
+_J = np.diag(np.array([1.0, -1.0, -1.0, -1.0], np.float32))
 
 
 def oconj(x):

@@ -39,9 +39,10 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from mgr.runtime import enable_compilation_cache
+    from mgr.runtime import enable_compilation_cache, maybe_init_distributed
 
     enable_compilation_cache()
+    maybe_init_distributed()
     cfg = merge(flags, sweep)
     console = Console(stderr=True)
     total = len(cfg.arms()) * len(cfg.seeds)

@@ -116,10 +116,11 @@ def train(
     """Train one configuration; writes artifacts/train/<run_id>/{summary.json, run.md, metrics.jsonl, checkpoints/}."""
     from mgr.artifacts import new_run_id
     from mgr.config import DataConfig, ModelConfig, TrainConfig
-    from mgr.runtime import enable_compilation_cache
+    from mgr.runtime import enable_compilation_cache, maybe_init_distributed
     from mgr.train import train as train_run
 
     enable_compilation_cache()
+    maybe_init_distributed()
     root = artifacts_dir
     if resume:
         if not run_id:

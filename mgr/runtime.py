@@ -29,6 +29,19 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     return path
 
 
+def maybe_init_distributed() -> bool:
+    """Join a multi-host JAX job when the launcher says so (JAX_COORDINATOR_ADDRESS is set).
+
+    `jax.distributed.initialize()` reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID (or detects TPU pods and SLURM itself); afterwards `jax.devices()` lists every
+    host's devices and `--devices` can span them. Must run before any computation.
+    """
+    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return False
+    jax.distributed.initialize()
+    return True
+
+
 def git_info(cwd: str | os.PathLike | None = None) -> dict:
     """Commit and dirty flag of the repository holding the code, or 'unknown' outside git."""
     cwd = cwd or Path(__file__).resolve().parent.parent
