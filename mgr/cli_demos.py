@@ -24,10 +24,11 @@ def _print_demo(summary: dict) -> None:
     for title, rows in summary["tables"].items():
         if rows:
             t = Table(title=title, title_justify="left")
-            for col in rows[0]:
+            cols = list(rows[0])
+            for col in cols:
                 t.add_column(str(col))
-            for r in rows:
-                t.add_row(*(f"{x:.4g}" if isinstance(x, float) else str(x) for x in r.values()))
+            for r in rows:  # by column name: rows may list their keys in another order
+                t.add_row(*(f"{x:.4g}" if isinstance(x, float) else str(x) for x in (r.get(c) for c in cols)))
             console.print(t)
     for n in summary["notes"]:
         console.print(f"- {n}")

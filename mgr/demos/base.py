@@ -106,9 +106,9 @@ def run_demo(name: str, *, seed: int, steps: int | None, run_dir: Path) -> dict:
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    # A bare '|' (as in "max |diff|") would split a markdown table cell.
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|")
 
 
 def render_md(summary: dict) -> str:
@@ -118,13 +118,13 @@ def render_md(summary: dict) -> str:
              f"- seed {summary['seed']}, steps {summary['steps']}, {summary['seconds']:.1f} s;"
              f" command `{summary['meta']['command']}`", "",
              "| certificate | claim | value | passed |", "|---|---|---|---|"]
-    lines += [f"| {c['name']} | {c['claim']} | {_cell(c['value'])} | {'yes' if c['passed'] else '**no**'} |"
+    lines += [f"| {_cell(c['name'])} | {_cell(c['claim'])} | {_cell(c['value'])} | {'yes' if c['passed'] else '**no**'} |"
               for c in summary["certificates"]]
     for title, rows in summary["tables"].items():
         if not rows:
             continue
         cols = list(rows[0])
-        lines += ["", f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["", f"## {title}", "", "| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
     if summary["notes"]:
         lines += [""] + [f"- {n}" for n in summary["notes"]]
