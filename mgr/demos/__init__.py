@@ -16,3 +16,5 @@ from mgr.demos import muon  # noqa: F401,E402
 from mgr.demos import hoss  # noqa: F401,E402
 from mgr.demos import ordinal  # noqa: F401,E402
 from mgr.demos import gauge  # noqa: F401,E402
+from mgr.demos import tropical  # noqa: F401,E402
+from mgr.demos import ultrametric  # noqa: F401,E402
