@@ -43,6 +43,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def as_recorded(obj: Any) -> Any:
+    """`obj` exactly as it reads back from its JSON record (tuples as lists, NaN as null), so
+    that markdown rendered now equals markdown rendered later from the file."""
+    return json.loads(json.dumps(_finite(obj), allow_nan=False))
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
@@ -129,4 +135,4 @@ def render_run_md(summary: dict[str, Any]) -> str:
 def write_run(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write `summary.json` then `run.md` (the latter regenerable from the former)."""
     write_json(run_dir / "summary.json", summary)
-    atomic_write(run_dir / "run.md", render_run_md(summary))
+    atomic_write(run_dir / "run.md", render_run_md(as_recorded(summary)))

@@ -172,7 +172,7 @@ def write_suite(suite_dir: Path, bench: dict | None = None) -> dict:
     suite_dir = Path(suite_dir)
     if bench is None:
         bench = json.loads((suite_dir / "bench.json").read_text())
-    summary = aggregate(suite_dir, bench)
+    summary = artifacts.as_recorded(aggregate(suite_dir, bench))
     artifacts.write_json(suite_dir / "summary.json", summary)
     artifacts.atomic_write(suite_dir / "run.md", render_suite_md(summary))
     plot_curves(summary, suite_dir / "curves.png")

@@ -47,7 +47,7 @@ def test_budget_arithmetic():
 
 
 def test_suite_records_budget_resume_and_report(tmp_path, data):
-    other = next(n for n in ("octonion", "simplicial", "quaternion") if n in __import__("attention").names())
+    other = "reversible"  # half-width layers: a clearly different step cost from standard's
     cfg = bench(attention=("standard", other), seeds=(0, 1))
     suite = tmp_path / "bench" / "fixed_flops" / "s1"
     summary = run_bench(cfg, suite, tmp_path, data=data)
@@ -67,8 +67,8 @@ def test_suite_records_budget_resume_and_report(tmp_path, data):
     # the costlier algebra gets fewer steps at the same budget
     assert flops[f"{other}-adamw-cosine"] != flops["standard-adamw-cosine"]
     steps = {n: a["steps"] for n, a in arms.items()}
-    assert (steps[f"{other}-adamw-cosine"] < steps["standard-adamw-cosine"]) == \
-        (flops[f"{other}-adamw-cosine"] > flops["standard-adamw-cosine"])
+    assert flops[f"{other}-adamw-cosine"] < 0.9 * flops["standard-adamw-cosine"]
+    assert steps[f"{other}-adamw-cosine"] > steps["standard-adamw-cosine"]
     delta = arms[f"{other}-adamw-cosine"]["delta_vs_baseline"]
     assert delta["welch"]["p_value"] is not None and summary["conclusions"]["best_arm"] in arms
     # run.md and the plot regenerate from the records alone

@@ -100,6 +100,7 @@ def run_demo(name: str, *, seed: int, steps: int | None, run_dir: Path) -> dict:
         "certificates": [asdict(c) for c in result.certificates],
         "tables": result.tables, "notes": result.notes,
     }
+    summary = artifacts.as_recorded(summary)
     artifacts.write_json(run_dir / "summary.json", summary)
     artifacts.atomic_write(run_dir / "run.md", render_md(summary))
     return summary
