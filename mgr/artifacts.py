@@ -50,7 +50,8 @@ def as_recorded(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    # Insertion order is kept (no sort_keys): tables rendered from a record keep their column order.
+    atomic_write(path, json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def new_run_id() -> str:

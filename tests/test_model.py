@@ -41,8 +41,9 @@ def test_decoder_is_causal_over_a_hybrid_stack():
     cfg = tiny_model(n_layers=len(attention.names()), attention=tuple(attention.names()))
     model = Decoder(cfg, rngs=nnx.Rngs(1))
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
-    base = model(tokens)
-    changed = model(tokens.at[:, 7:].set((tokens[:, 7:] + 1) % cfg.vocab_size))
+    forward = nnx.jit(lambda m, t: m(t))  # one compile instead of hundreds of eager ops
+    base = forward(model, tokens)
+    changed = forward(model, tokens.at[:, 7:].set((tokens[:, 7:] + 1) % cfg.vocab_size))
     np.testing.assert_allclose(changed[:, :7], base[:, :7], atol=1e-5)
     assert float(jnp.max(jnp.abs(changed[:, 7:] - base[:, 7:]))) > 1e-4
 
@@ -63,13 +64,14 @@ def test_cached_decoding_equals_full_forward():
     cfg = tiny_model(n_layers=len(cached), attention=tuple(cached))
     model = Decoder(cfg, rngs=nnx.Rngs(2))
     tokens = jax.random.randint(jax.random.key(2), (2, 10), 0, cfg.vocab_size)
-    full = model(tokens)
+    full = nnx.jit(lambda m, t: m(t))(model, tokens)
     caches = model.init_cache(2)
     pos = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (2, 10))
-    out, caches = model.decode(tokens[:, :4], pos[:, :4], caches)
+    decode = nnx.jit(lambda m, t, p, c: m.decode(t, p, c))  # compiled once per chunk length
+    out, caches = decode(model, tokens[:, :4], pos[:, :4], caches)
     outs = [out]
     for t in range(4, 10):
-        out, caches = model.decode(tokens[:, t:t + 1], pos[:, t:t + 1], caches)
+        out, caches = decode(model, tokens[:, t:t + 1], pos[:, t:t + 1], caches)
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-4, rtol=1e-4)
 

@@ -102,7 +102,7 @@ def run(seed: int, steps: int) -> DemoResult:
             prefix = "".join(str((b // _P ** (ell - 1 - m)) % _P) for m in range(ell))
             rows.append({"depth": ell, "prefix": prefix,
                          "positions": " ".join(str(i) for i in np.nonzero(kb[:, ell] == b)[0])})
-    tables[f"code tree: key prefix -> positions (T = {_T_TREE}, kv head 0)"] = rows
+    tables[f"code tree: key prefix -> positions (first {_T_TREE} keys, kv head 0)"] = rows
 
     worst_fast, worst_w, nested, lcp_ok = 0.0, 0.0, True, True
     viol, viol_ham, n_triples = 0, 0, 0
@@ -133,10 +133,11 @@ def run(seed: int, steps: int) -> DemoResult:
     certs.append(check("fast_eq_dense", f"sorted fast path == dense LCP attention on {steps} random "
                        f"sequences (T = {_T}): max |diff| < 1e-4", worst_fast, worst_fast < 1e-4))
 
-    x_ref = jax.random.normal(jax.random.fold_in(key, 1), (2, 24, _DIMS.d_model))
-    pos = jnp.broadcast_to(jnp.arange(24, dtype=jnp.int32), (2, 24))
+    # The reference runs eagerly one query at a time: a short sequence keeps it cheap.
+    x_ref = jax.random.normal(jax.random.fold_in(key, 1), (1, 16, _DIMS.d_model))
+    pos = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (1, 16))
     ref_diff = float(jnp.max(jnp.abs(module(x_ref, pos)[0] - entry.reference(module, x_ref, pos))))
-    certs.append(check("fast_eq_reference", "module == registered per-query reference: max |diff| < 1e-4",
+    certs.append(check("fast_eq_reference", "module == registered per-query reference (T = 16): max |diff| < 1e-4",
                        ref_diff, ref_diff < 1e-4))
 
     # Forward time vs T, process CPU time (robust to other load on a shared machine).
