@@ -184,19 +184,3 @@ def render_depth_table(table: dict[str, dict[int, int]]) -> str:
         cells = " | ".join(f"{row[d] / 2**20:.1f} MiB" for d in depths)
         lines.append(f"| {label} | {cells} | {row[depths[-1]] / row[depths[0]]:.2f}x |")
     return "\n".join(lines)
-
-
-def step_times(algebras=("reversible", "standard"), *, n_layers: int = 2, d_model: int = 128,
-               n_heads: int = 4, seq_len: int = 256, batch: int = 8, vocab: int = 4096,
-               steps: int = 10) -> dict[str, dict]:
-    """Per algebra, `mgr.perf.time_train_step`'s record (median step ms, tokens/s, XLA FLOPs,
-    temp bytes) of the AdamW train step at one shape."""
-    from mgr.config import ModelConfig, TrainConfig
-    from mgr.perf import time_train_step
-
-    out = {}
-    for name in algebras:
-        cfg = ModelConfig(vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                          n_kv_heads=n_heads, max_seq_len=seq_len, attention=name)
-        out[name] = time_train_step(cfg, TrainConfig(), batch, seq_len, steps=steps)
-    return out

@@ -9,19 +9,15 @@ default because it is what a user waits for.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import attention
 from attention.base import AttentionDims
-from mgr.config import ModelConfig
-from mgr.model import Decoder
 
 
 def _times(fn, *args, repeats: int, clock: str = "wall") -> list[float]:
@@ -70,26 +66,3 @@ def scaling_exponents(rows: list[tuple[str, int, float]]) -> dict[str, float]:
         ss = np.array([math.log(r[2]) for r in rows if r[0] == name])
         out[name] = float(np.polyfit(ts, ss, 1)[0]) if len(ts) > 1 else float("nan")
     return out
-
-
-def train_step_time(attention_name: str, *, n_layers: int = 2, d_model: int = 128, n_heads: int = 4,
-                    seq_len: int = 256, batch: int = 8, vocab: int = 4096, steps: int = 10,
-                    seed: int = 0, options: dict | None = None, clock: str = "wall") -> float:
-    """Median seconds of one jitted loss+grad+Adam step of a Decoder on a fixed random batch.
-
-    `options` are keyword arguments of the algebra's config (default: its defaults).
-    """
-    cfg = ModelConfig(vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                      n_kv_heads=n_heads, max_seq_len=seq_len, attention=attention_name,
-                      attention_options={attention_name: options} if options else {})
-    model = Decoder(cfg, rngs=nnx.Rngs(seed))
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, seq_len + 1), 0, vocab)
-
-    @nnx.jit
-    def step(model, opt, tokens):
-        loss, grads = nnx.value_and_grad(lambda m: m.loss(tokens))(model)
-        opt.update(model, grads)
-        return loss
-
-    return statistics.median(_times(step, model, opt, tokens, repeats=steps, clock=clock))
