@@ -109,3 +109,25 @@ def test_bad_model_configs_are_one_line_errors(kw, words):
     with pytest.raises(MgrError) as err:
         tiny_model(**kw)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hybrid_stack_trains_from_configuration_alone():
+    """standard -> ultrametric -> tropical -> gauge: one config string, no code change."""
+    cfg = tiny_model(n_layers=4, vocab_size=128, attention=("standard", "ultrametric", "tropical", "gauge"))
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    assert [cfg.layer_attention(i) for i in range(4)] == ["standard", "ultrametric", "tropical", "gauge"]
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adam(3e-3)
+    batch = jax.random.randint(jax.random.key(4), (4, 17), 0, 128)
+
+    @jax.jit
+    def step(p, o):
+        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    opt, losses = tx.init(params), []
+    for _ in range(12):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.3, losses
