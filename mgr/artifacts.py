@@ -9,27 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mgr import runtime
+from mgr.paths import atomic_write_bytes
 
 SCHEMA_VERSION = "mgr.train.v1"
 STATUSES = ("ok", "diverged", "error", "timeout", "interrupted", "running")
 
 
 def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode())
 
 
 def _finite(obj: Any) -> Any:

@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+import jax
+import optax
+from flax import nnx
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,3 +33,24 @@ def write_shards(directory: Path, texts_per_shard: list[list[str]], column: str 
     for i, texts in enumerate(texts_per_shard):
         pq.write_table(pa.table({column: texts}), directory / f"shard_{i:05d}.parquet")
     return directory
+
+
+def adam_losses(cfg: ModelConfig, steps: int = 12, lr: float = 3e-3, seed: int = 3) -> list[float]:
+    """Losses of `steps` Adam steps of a Decoder on one fixed random batch (does it train at all?)."""
+    from mgr.model import Decoder
+
+    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    tx = optax.adam(lr)
+    batch = jax.random.randint(jax.random.key(seed), (4, 17), 0, cfg.vocab_size)
+
+    @jax.jit
+    def step(p, o):
+        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o, loss
+
+    opt, losses = tx.init(params), []
+    for _ in range(steps):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    return losses

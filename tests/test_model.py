@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -14,7 +13,7 @@ from mgr.config import ModelConfig
 from mgr.errors import MgrError
 from mgr.model import Decoder, param_count
 
-from helpers import tiny_model
+from helpers import adam_losses, tiny_model
 
 
 def test_param_count_matches_formula():
@@ -78,23 +77,7 @@ def test_cached_decoding_equals_full_forward():
 
 @pytest.mark.parametrize("name", attention.names())
 def test_every_algebra_trains_in_the_decoder(name):
-    cfg = tiny_model(attention=name, vocab_size=128)
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = optax.adam(3e-3)
-    batch = jax.random.randint(jax.random.key(3), (4, 17), 0, 128)
-
-    @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, loss
-
-    opt = tx.init(params)
-    losses = []
-    for _ in range(12):
-        params, opt, loss = step(params, opt)
-        losses.append(float(loss))
+    losses = adam_losses(tiny_model(attention=name, vocab_size=128))
     assert all(map(math.isfinite, losses))
     assert losses[-1] < losses[0] - 0.3, losses
 
@@ -114,20 +97,6 @@ def test_bad_model_configs_are_one_line_errors(kw, words):
 def test_hybrid_stack_trains_from_configuration_alone():
     """standard -> ultrametric -> tropical -> gauge: one config string, no code change."""
     cfg = tiny_model(n_layers=4, vocab_size=128, attention=("standard", "ultrametric", "tropical", "gauge"))
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
     assert [cfg.layer_attention(i) for i in range(4)] == ["standard", "ultrametric", "tropical", "gauge"]
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = optax.adam(3e-3)
-    batch = jax.random.randint(jax.random.key(4), (4, 17), 0, 128)
-
-    @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, loss
-
-    opt, losses = tx.init(params), []
-    for _ in range(12):
-        params, opt, loss = step(params, opt)
-        losses.append(float(loss))
+    losses = adam_losses(cfg, seed=4)
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.3, losses
