@@ -109,7 +109,8 @@ def _memory_and_training(seed: int, steps: int):
             compiled = jax.jit(parts.step, donate_argnums=0).lower(
                 jax.eval_shape(parts.init), batch_spec).compile()
             table.setdefault(label, {})[depth] = xla_memory(compiled)["temp_memory_bytes"]
-            if depth == _DEPTHS[-1] and label != "standard":
+            # only the reversible stack (with and without recomputation) is trained in lockstep
+            if depth == _DEPTHS[-1] and overrides["attention"] == _NO_RECOMPUTE["attention"]:
                 runs[label] = (parts, compiled)
     # A fixed batch of random tokens: memorising it is progress any working backward pass makes.
     batch = jnp.asarray(np.random.default_rng(seed).integers(0, _V, (_B, _T + 1)), jnp.int32)
