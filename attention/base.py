@@ -153,6 +153,22 @@ class QKVProjection(nnx.Module):
         return q, k, v
 
 
+class ProjectedAttention(nnx.Module):
+    """The scaffold shared by algebras that differ only in how they score and aggregate:
+    q/k/v projections (QK-norm, RoPE), an output projection back to D, and the standard
+    position-indexed KV cache. Subclasses implement `__call__`.
+    """
+
+    def __init__(self, dims: AttentionDims, cfg: AlgebraConfig, *, rngs: nnx.Rngs):
+        cfg.validate(dims)
+        self.dims, self.cfg = dims, cfg
+        self.qkv = QKVProjection(dims, rngs=rngs)
+        self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
+
+    def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
+        return init_kv_cache(batch, self.dims, dtype)
+
+
 def init_kv_cache(batch: int, dims: AttentionDims, dtype=jnp.float32, n_streams: int = 2) -> dict:
     """A fixed-size functional KV buffer of `max_seq_len` slots plus per-slot positions.
 

@@ -21,9 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from attention.base import AttentionDims, Dense, QKVProjection, init_kv_cache, update_kv_cache
+from attention.base import ProjectedAttention, AttentionDims, update_kv_cache
 from attention.standard import grouped_softmax_attention
 
 # ----------------------------------------------------------------------------- quaternions
@@ -189,7 +188,7 @@ def rotor_attention_reference(alg: Algebra, q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, q_p
     return jnp.stack(outs, axis=1).astype(q_BxTxHxK.dtype)
 
 
-class RotorAttention(nnx.Module):
+class RotorAttention(ProjectedAttention):
     """The module both algebras register (each as a subclass that fixes `algebra`).
 
     Cache: keys (for scores) and pre-rotated values w = conj(k̂) ⊗ v, so decoding does the
@@ -197,15 +196,6 @@ class RotorAttention(nnx.Module):
     """
 
     algebra: Algebra
-
-    def __init__(self, dims: AttentionDims, cfg, *, rngs: nnx.Rngs):
-        cfg.validate(dims)
-        self.dims, self.cfg = dims, cfg
-        self.qkv = QKVProjection(dims, rngs=rngs)
-        self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
-
-    def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
-        return init_kv_cache(batch, self.dims, dtype)
 
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from attention.base import (AlgebraConfig, AttentionDims, Dense, QKVProjection, causal_mask,
-                            init_kv_cache, mask_value, pairwise_flops, update_kv_cache)
+from attention.base import (ProjectedAttention, AlgebraConfig, AttentionDims, causal_mask,
+                            mask_value, pairwise_flops, update_kv_cache)
 from attention.registry import register
 
 
@@ -62,15 +61,7 @@ def _flops(dims: AttentionDims, cfg: StandardConfig, seq_len: int) -> float:
 
 @register("standard", config_cls=StandardConfig, flops_per_token=_flops, reference=_reference,
           description="softmax attention with RoPE, QK-norm and grouped-query heads")
-class StandardAttention(nnx.Module):
-    def __init__(self, dims: AttentionDims, cfg: StandardConfig, *, rngs: nnx.Rngs):
-        self.dims, self.cfg = dims, cfg
-        self.qkv = QKVProjection(dims, rngs=rngs)
-        self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
-
-    def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
-        return init_kv_cache(batch, self.dims, dtype)
-
+class StandardAttention(ProjectedAttention):
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape
         q, k, v = self.qkv(x_BxTxD, positions_BxT)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import (AlgebraConfig, AttentionDims, Dense, QKVProjection, apply_rope, init_kv_cache,
-                            pairwise_flops, require, rms_normalize, update_kv_cache)
+from attention.base import (AlgebraConfig, AttentionDims, ProjectedAttention, apply_rope, pairwise_flops,
+                            require, rms_normalize, update_kv_cache)
 from attention.registry import register
 from attention.standard import grouped_softmax_attention
 
@@ -116,17 +116,11 @@ def _flops(dims: AttentionDims, cfg: SurrealConfig, seq_len: int) -> float:
 
 @register("surreal", config_cls=SurrealConfig, flops_per_token=_flops, reference=_reference,
           description="transseries scores Σ_k ω^k s^(k) with a learned scale ω: lexicographic priority of orders")
-class SurrealAttention(nnx.Module):
+class SurrealAttention(ProjectedAttention):
     def __init__(self, dims: AttentionDims, cfg: SurrealConfig, *, rngs: nnx.Rngs):
-        cfg.validate(dims)
-        self.dims, self.cfg = dims, cfg
-        self.qkv = QKVProjection(dims, rngs=rngs)
+        super().__init__(dims, cfg, rngs=rngs)
         frac = cfg.log_omega_init / cfg.log_omega_max
         self.theta = nnx.Param(jnp.asarray(math.log(frac) - math.log1p(-frac), jnp.float32))
-        self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
-
-    def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
-        return init_kv_cache(batch, self.dims, dtype)
 
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attention.base import (AlgebraConfig, AttentionDims, Dense, QKVProjection, causal_mask,
-                            init_kv_cache, mask_value, pairwise_flops, require, rms_normalize,
+from attention.base import (ProjectedAttention, AlgebraConfig, AttentionDims, causal_mask,
+                            mask_value, pairwise_flops, require, rms_normalize,
                             scan, update_kv_cache)
 from attention.registry import register
 
@@ -206,16 +206,7 @@ def _flops(dims: AttentionDims, cfg: TropicalConfig, seq_len: int) -> float:
 
 @register("tropical", config_cls=TropicalConfig, flops_per_token=_flops, reference=_reference,
           description="max-plus (log-sum-exp at finite Maslov β) scores and aggregation")
-class TropicalAttention(nnx.Module):
-    def __init__(self, dims: AttentionDims, cfg: TropicalConfig, *, rngs: nnx.Rngs):
-        cfg.validate(dims)
-        self.dims, self.cfg = dims, cfg
-        self.qkv = QKVProjection(dims, rngs=rngs)
-        self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
-
-    def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
-        return init_kv_cache(batch, self.dims, dtype)
-
+class TropicalAttention(ProjectedAttention):
     def project(self, x_BxTxD, positions_BxT):
         """q `[B, T, H, K]`, k, v `[B, T, G, K]` in float32; v is RMS-normalised like q and k so
         scores and values share one scale (they are added inside the max)."""

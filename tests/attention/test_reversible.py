@@ -6,8 +6,8 @@ import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from helpers import adam_losses
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
@@ -184,20 +184,7 @@ def test_decoder_cached_decoding_equals_full_forward():
 def test_decoder_trains_through_the_reversible_backward_pass():
     cfg = ModelConfig(vocab_size=64, d_model=D, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=16,
                       attention="reversible")
-    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-    tx = optax.adam(1e-2)
-    batch = jax.random.randint(jax.random.key(3), (4, 17), 0, 64)
-
-    @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch))(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, loss
-
-    opt, losses = tx.init(params), []
-    for _ in range(10):
-        params, opt, loss = step(params, opt)
-        losses.append(float(loss))
+    losses = adam_losses(cfg, steps=10, lr=1e-2)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.3, losses
 
 
