@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mgr.errors import MgrError
+from core.errors import MgrError
+# Re-exported: every algebra builds its projections from these.
+from core.nn import Dense, rms_normalize  # noqa: F401
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +60,7 @@ class AttentionEntry:
     `y_BxTxD, cache = attn(x_BxTxD, positions_BxT, cache=None)`.
     `reference(module, x_BxTxD, positions_BxT) -> y_BxTxD` is a slow, obviously correct form
     using the module's own parameters. `block_factory`, when set, replaces the standard
-    pre-norm residual block (gauge uses it). `stack_factory`, when set, builds one module for
+    pre-norm residual block (no shipped algebra needs one yet). `stack_factory`, when set, builds one module for
     a run of consecutive layers of this algebra (reversible uses it: its inversion must span
     the whole run for activation memory not to grow with depth).
     """
@@ -87,13 +89,6 @@ def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array) -> jax.Array:
     return k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]
 
 
-def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Parameter-free RMSNorm over the last axis, computed in float32."""
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return y.astype(x.dtype)
-
-
 def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, base: float) -> jax.Array:
     """Rotary embedding on absolute positions (half-split layout)."""
     k = x_BxTxHxK.shape[-1]
@@ -105,25 +100,6 @@ def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, base: float) -> j
     x1, x2 = x_BxTxHxK[..., :half].astype(jnp.float32), x_BxTxHxK[..., half:].astype(jnp.float32)
     out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return out.astype(x_BxTxHxK.dtype)
-
-
-class Dense(nnx.Module):
-    """A bias-free linear layer that always multiplies 2-D `(N, in)` activations.
-
-    On XLA:CPU a `(B, T, D) @ (D, F)` matmul's backward pass is much slower than the same
-    product on `(B*T, D)` (measured 1.7x on a whole train step), so every caller's leading
-    axes are flattened here and restored after.
-    """
-
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, std: float | None = None):
-        std = d_in ** -0.5 if std is None else std
-        init = jax.nn.initializers.normal(std) if std > 0 else jax.nn.initializers.zeros
-        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        lead = x.shape[:-1]
-        y_NxF = x.reshape(-1, x.shape[-1]) @ self.kernel[...].astype(x.dtype)
-        return y_NxF.reshape(*lead, y_NxF.shape[-1])
 
 
 class QKVProjection(nnx.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from attention.base import AttentionEntry
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 _REGISTRY: dict[str, AttentionEntry] = {}
 

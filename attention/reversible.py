@@ -25,6 +25,7 @@ from flax import nnx
 from attention import revstack, standard
 from attention.base import AlgebraConfig, AttentionDims, init_kv_cache, require
 from attention.registry import register
+from core.nn import MLP
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,12 +80,10 @@ class ReversibleStack(nnx.Module):
     """
 
     def __init__(self, cfg, layers: list[int], *, rngs: nnx.Rngs):
-        from mgr.blocks import MLP  # lazy: mgr.blocks imports the attention package
-
         self.acfg = cfg.algebra_config(cfg.layer_attention(layers[0]))
         self.dims = half_dims(cfg.attention_dims())
         d, hidden = self.dims.d_model, self.dims.d_model * cfg.mlp_ratio
-        # As in mgr.blocks.Block: the MLP's output projection shrinks with total depth so the
+        # As in mgr.model.blocks.Block: the MLP's output projection shrinks with total depth so the
         # stream's variance at init does not grow with the number of layers.
         out_std = hidden ** -0.5 / (2 * cfg.n_layers) ** 0.5
         self.attn = revstack.stack_modules(

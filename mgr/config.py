@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import optax
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 from optim import partition
 from optim.registry import register
 

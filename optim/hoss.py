@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 from optim.registry import register
 
 _HI = jax.lax.Precision.HIGHEST

@@ -19,7 +19,7 @@ import jax
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 from optim import partition
 from optim.registry import register
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 from optim.registry import register_schedule
 from optim.schedules import build_constant
 

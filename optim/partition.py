@@ -2,11 +2,11 @@
 
 Decided here once, from each parameter's path and rank, and used by every consumer: AdamW's
 weight-decay mask, Muon's routing, reports. The decoder names its token table `embed` and its
-output projection `head` (see mgr/model.py). Inside the blocks a hidden matrix is the weight of
+output projection `head` (see mgr/model/decoder.py). Inside the blocks a hidden matrix is the weight of
 a linear map: a parameter named `kernel` (as `attention.base.Dense` and `nnx.Linear` name it)
 with two or more axes (with `stacked=True`, a leading layer axis from `nnx.scan` is not counted).
 Everything else is a "vector": norms, biases, scalars, and also 2-D tables that are not linear
-maps (ultrametric's per-head level log-weights `log_w`, braid's `t_bias`), which orthogonalising
+maps (ultrametric's per-head level log-increments `log_delta`, braid's `t_bias`), which orthogonalising
 or decaying would not make sense for. An algebra that adds a projection must therefore call it
 `kernel` (use `Dense`) for Muon to treat it as a matrix.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 
 @dataclass(frozen=True)

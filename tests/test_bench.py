@@ -14,8 +14,8 @@ from mgr.bench import BenchConfig, run_bench
 from mgr.cli import app
 from mgr.config import TrainConfig
 from mgr.data import build_data
-from mgr.errors import MgrError
-from mgr.report import render_suite_md
+from core.errors import MgrError
+from mgr.bench.report import render_suite_md
 from mgr.train import plan_steps
 
 from helpers import TINY_DATA
@@ -162,7 +162,7 @@ def test_two_simulated_devices_match_one(tmp_path):
 def test_shipped_sweeps_name_only_registered_things(path):
     import attention
     import optim
-    from mgr.benchcli import merge
+    from mgr.bench.runner import merge
 
     cfg = merge({}, path)
     for name in cfg.attention:

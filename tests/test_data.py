@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mgr import corpus, tokenizer
-from mgr import data as data_module
+from mgr.data import corpus, tokenizer
+from mgr.data import pipeline as data_module
 from mgr.config import DataConfig
 from mgr.data import build_data
-from mgr.errors import MgrError
-from mgr.paths import cache_dir
+from core.errors import MgrError
+from mgr.runtime.paths import cache_dir
 
 CFG = DataConfig(vocab_size=512, max_corpus_bytes=400_000, n_shards=4, seq_len=32, batch_size=4,
                  val_tokens=1024)

@@ -9,7 +9,7 @@ import pytest
 
 import attention
 from mgr.config import ModelConfig, TrainConfig
-from mgr.flops import analytic_train_flops_per_step
+from mgr.train.flops import analytic_train_flops_per_step
 from mgr.train import step_flops
 
 B, T = 2, 64

@@ -10,7 +10,7 @@ from flax import nnx
 
 import attention
 from mgr.config import ModelConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 from mgr.model import Decoder, param_count
 
 from helpers import adam_losses, tiny_model

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from mgr.artifacts import render_run_md
+from mgr.runtime.artifacts import render_run_md
 from mgr.data import build_data
-from mgr.errors import MgrError
+from core.errors import MgrError
 from mgr.train import read_metrics, train
 
 from helpers import TINY_DATA, tiny_model, tiny_train

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ARM tier as CI runs it, before the main suite (see markdown_documentation/arm.md):
 #   1. prepare the emulated linux/aarch64 environment (.ci/arm/setup.sh; cached outside the clone);
-#   2. compute the x86 reference losses natively with the same code (python -m mgr.armcheck);
+#   2. compute the x86 reference losses natively with the same code (python -m mgr.bench.armcheck);
 #   3. run `pytest -m arm tests/arm` on aarch64 under qemu, comparing against that reference.
 # Exits 0 with "ARM tier SKIPPED: <why>" only when the emulator cannot be installed; any other
 # failure fails the tier. On a native aarch64 host it runs the tests natively instead.
@@ -49,7 +49,7 @@ WORK=$(mktemp -d)
 trap 'rm -f "$SETUP_LOG"; rm -rf "$WORK"' EXIT
 
 # 2. the x86 reference, natively, in this run
-uv run python -m mgr.armcheck --out "$WORK/x86.json" --cache-dir "$CACHE/jax-$(uname -m)"
+uv run python -m mgr.bench.armcheck --out "$WORK/x86.json" --cache-dir "$CACHE/jax-$(uname -m)"
 T2=$SECONDS
 
 # 3. the emulated aarch64 tests

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mgr import artifacts
-from mgr.errors import MgrError
+from mgr.runtime import artifacts
+from core.errors import MgrError
 
 SCHEMA = "mgr.demo.v1"
 

@@ -18,10 +18,10 @@ import numpy as np
 from flax import nnx
 
 import attention
-from attention.revstack import render_depth_table
+from mgr.bench.depth import render_depth_table
 from mgr.config import ModelConfig, TrainConfig
 from mgr.demos.base import DemoResult, check, demo
-from mgr.flops import xla_memory
+from mgr.train.flops import xla_memory
 from mgr.train import make_step
 
 _D, _H, _T, _B, _V = 64, 4, 64, 4, 256

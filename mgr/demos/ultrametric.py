@@ -14,7 +14,7 @@ Certificates:
 - the dense weights `dense_lcp_weights` equal w_{LCP(i, j)} (`depth_weights`), the sorted fast
   path equals them (dense attention written with those weights) on `steps` random sequences,
   and equals the registered obviously-correct reference;
-- measured forward time vs T (`mgr.scaling.forward_scaling`, process CPU time, T = 256..2048):
+- measured forward time vs T (`mgr.bench.scaling.forward_scaling`, process CPU time, T = 256..2048):
   the fitted log-log exponent of ultrametric is below standard's by a wide margin.
 See markdown_documentation/ultrametric.md.
 """
@@ -30,7 +30,7 @@ import attention
 from attention.base import AttentionDims
 from attention.ultrametric import dense_lcp_weights, depth_weights, lcp
 from mgr.demos.base import DemoResult, check, demo
-from mgr.scaling import forward_scaling, scaling_exponents
+from mgr.bench.scaling import forward_scaling, scaling_exponents
 
 _P, _L = 2, 4
 _DIMS = AttentionDims(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, max_seq_len=64)

@@ -2,7 +2,7 @@
 
 CI runs this file under qemu user-mode emulation of linux/aarch64 (`.ci/arm/run_tier.sh`,
 before the main suite), with `MGR_ARM_REFERENCE` pointing at the losses the same code
-(`mgr.armcheck`) produced natively on x86 in the same CI run. On a real ARM machine run it with
+(`mgr.bench.armcheck`) produced natively on x86 in the same CI run. On a real ARM machine run it with
 `uv run pytest -m arm tests/arm -o addopts=""`: without a reference file it checks that the
 losses are finite and falling instead, and says so. The default suite deselects the `arm` marker.
 """
@@ -29,7 +29,7 @@ if IN_TIER and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 
 import jax  # noqa: E402
 
-from mgr import armcheck  # noqa: E402
+from mgr.bench import armcheck  # noqa: E402
 
 pytestmark = pytest.mark.arm
 
@@ -65,7 +65,7 @@ def test_packages_import():
     import attention
     import optim
 
-    assert {"mgr.train", "mgr.model", "mgr.data", "mgr.checkpoint", "mgr.cli"} <= set(imported)
+    assert {"mgr.train", "mgr.model", "mgr.data", "mgr.train.checkpoint", "mgr.cli"} <= set(imported)
     assert "standard" in attention.names() and "adamw" in optim.names()
 
 
@@ -80,7 +80,7 @@ def test_platform_is_arm_on_the_cpu_backend():
 
 def test_run_record_names_the_cpu_architecture():
     """`summary.json` meta.device comes from `artifacts.provenance`: platform and CPU arch."""
-    from mgr import artifacts
+    from mgr.runtime import artifacts
 
     device = artifacts.provenance("arm-check")["device"]
     assert device["platform"] == "cpu"

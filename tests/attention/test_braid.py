@@ -15,7 +15,7 @@ from attention.braid import BraidAttention, BraidConfig, braid_scan, crossing_lo
 from attention.base import AttentionDims, apply_rope
 from attention.quandle import (alexander, alexander_inverse, braid_word, crossing, crossing_inverse,
                                scan_crossings, sequential_crossings, triangle)
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 SETTINGS = settings(max_examples=25, deadline=None)
 SHAPE = (3, 2)  # a colour: 3 "key channels" x 2 "value channels"; labels act on the rows

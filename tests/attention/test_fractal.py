@@ -16,7 +16,7 @@ from attention import ifs
 from attention.base import AttentionDims
 from attention.fractal import (FractalAttention, FractalConfig, _reference, chunked_linear_attention,
                                path_features, path_kernel_enumerated, prefix_sum_attention, route)
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 SETTINGS = settings(max_examples=15, deadline=None)
 EPS = 1e-6

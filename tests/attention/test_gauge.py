@@ -18,7 +18,7 @@ from attention.gauge import (GaugeAttention, GaugeConfig, gauge_scores, loop_hol
 from attention.lie import (holonomy, pair_compose, pair_inverse, pair_matrix, prefix_transports, qexp, so4_exp,
                            so4_hat)
 from attention.standard import grouped_softmax_attention
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 SETTINGS = settings(max_examples=15, deadline=None)
 T, N = 6, 2  # tokens, so(4) blocks (head dim 8)

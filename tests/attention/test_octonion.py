@@ -14,7 +14,7 @@ from attention.base import AttentionDims
 from attention.hypercomplex import (OCTONION, oconj, oleft, omul, oright, pre_rotate, qmul,
                                     rotor_attention, rotor_attention_reference, slot_scores)
 from attention.octonion import OctonionConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 N = 6  # octonions per example, checked together
 octs = arrays(np.float32, (N, 8), elements=st.floats(-3, 3, width=32))

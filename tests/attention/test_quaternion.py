@@ -13,7 +13,7 @@ from attention.base import AttentionDims
 from attention.hypercomplex import (QUATERNION, pre_rotate, qconj, qleft, qmul, qright,
                                     rotor_attention, rotor_attention_reference, slot_scores)
 from attention.quaternion import QuaternionConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 N = 6  # quaternions per example, checked together
 quats = arrays(np.float32, (N, 4), elements=st.floats(-4, 4, width=32))

@@ -15,7 +15,7 @@ from attention import revstack
 from attention.base import AttentionDims
 from attention.reversible import ReversibleConfig, ReversibleStack, half_dims
 from mgr.config import ModelConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 from mgr.model import Decoder
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -189,8 +189,10 @@ def test_decoder_trains_through_the_reversible_backward_pass():
 
 
 def test_train_step_memory_does_not_grow_with_depth():
-    table = revstack.depth_memory_table(
-        (2, 16), {k: revstack.DEPTH_VARIANTS[k] for k in ("reversible", "standard")},
+    from mgr.bench import depth
+
+    table = depth.depth_memory_table(
+        (2, 16), {k: depth.DEPTH_VARIANTS[k] for k in ("reversible", "standard")},
         d_model=32, n_heads=4, seq_len=64, batch=4, vocab=128)
     rev = table["reversible"][16] / table["reversible"][2]
     std = table["standard"][16] / table["standard"][2]

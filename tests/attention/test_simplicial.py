@@ -21,7 +21,7 @@ from attention.base import AttentionDims
 from attention.complexes import SimplicialComplex, permutation_sign
 from attention.simplicial import SimplicialAttention, SimplicialConfig, _reference
 from attention.standard import grouped_softmax_attention
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 # Jitted with static windows: one compile per (shape, windows), reused through the persistent
 # compilation cache; eager dispatch of every small op is what would make these tests slow.

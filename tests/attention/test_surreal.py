@@ -14,7 +14,7 @@ from attention.base import AttentionDims
 from attention.standard import StandardAttention, StandardConfig
 from attention.surreal import (MAX_LEADING_LOG, SurrealAttention, SurrealConfig, _reference, combine_orders,
                                log_omega_of, order_scales)
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 SETTINGS = settings(max_examples=30, deadline=None)
 M, DELTA = 3.0, 0.5  # scores on a half-integer grid in [-M, M]: exact ties, gaps >= DELTA

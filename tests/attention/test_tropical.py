@@ -170,7 +170,7 @@ def test_chunked_module_matches_reference_and_cache(cfg):
 
 
 def test_config_validation():
-    from mgr.errors import MgrError
+    from core.errors import MgrError
 
     for bad in (dict(beta=0.0), dict(beta=-1.0), dict(block=1)):
         with pytest.raises(MgrError):

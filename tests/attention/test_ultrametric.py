@@ -185,7 +185,7 @@ def test_no_t_by_t_intermediate_and_cache():
 
 
 def test_config_validation():
-    from mgr.errors import MgrError
+    from core.errors import MgrError
 
     dims = AttentionDims(d_model=16, n_heads=2, n_kv_heads=1, head_dim=8, max_seq_len=64)
     for bad in (dict(p=1), dict(depth=0), dict(alpha=1.0), dict(p=2, depth=30)):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 from optim.hoss import HossState
 from optim_helpers import make_tx, minimise
 

@@ -126,7 +126,7 @@ def test_decoder_routing_parameter_by_parameter(decoder_params):
 @pytest.mark.parametrize("name", attention.names())
 def test_every_algebra_routes_hidden_matrices_to_muon(name):
     """Whatever parameters an algebra adds: ≥2-axis block kernels to Muon, the rest to AdamW
-    (2-D tables that are not linear maps, such as ultrametric's `log_w`, stay with AdamW)."""
+    (2-D tables that are not linear maps, such as ultrametric's `log_delta`, stay with AdamW)."""
     _, params = nnx.split(tiny_decoder(attention=name), nnx.Param)
     labels = jax.tree.leaves(muon.labels(params))
     for (p, x), label in zip(jax.tree_util.tree_flatten_with_path(params)[0], labels, strict=True):

@@ -1,30 +1,19 @@
 """The residual blocks of the decoder.
 
-`Block` is the standard pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Algebras
-that change the residual structure (reversible, gauge) register a `block_factory` with the
-same call signature instead; the model asks the registry, never compares names.
+`Block` is the standard pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). An algebra
+that changes the residual structure of one layer may register a `block_factory` with the same
+call signature (none of the shipped ones does); one whose structure spans a run of layers
+registers a `stack_factory` (reversible). The model asks the registry, never compares names.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 import attention
-from attention.base import Dense, rms_normalize
+from core.nn import MLP, rms_normalize
 from mgr.config import ModelConfig
-
-
-class MLP(nnx.Module):
-    """ReLU² feed-forward on 2-D activations, no biases."""
-
-    def __init__(self, d_model: int, hidden: int, *, rngs: nnx.Rngs, out_std: float | None = None):
-        self.up = Dense(d_model, hidden, rngs=rngs)
-        self.down = Dense(hidden, d_model, rngs=rngs, std=out_std)
-
-    def __call__(self, x):
-        return self.down(jnp.square(jax.nn.relu(self.up(x))))
 
 
 class Block(nnx.Module):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 # metric -> (lower is better?, key of the threshold)
 TRAIN_METRICS = {

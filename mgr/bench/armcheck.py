@@ -4,7 +4,7 @@
 (`mgr.train.build_program`: the Decoder's initialiser, the registered optimizer, the AOT-compiled
 donated step) on fixed synthetic batches and returns the per-step losses. The ARM tier calls it
 twice with literally the same code: natively on x86 to write the reference
-(`python -m mgr.armcheck --out ref.json`), and under aarch64 emulation in `tests/arm/`, which
+(`python -m mgr.bench.armcheck --out ref.json`), and under aarch64 emulation in `tests/arm/`, which
 compares the two within 1e-5 relative. See markdown_documentation/arm.md.
 
 Everything is sized for emulation, where each XLA compile (eager ops included) costs 10-27x
@@ -120,13 +120,13 @@ def run_all(cases: list[Case] | None = None) -> dict:
     """Every case, plus what machine and software produced the numbers."""
     import jax
 
-    from mgr import runtime
+    from mgr.runtime import env
 
     missing: list[str] = []
     if cases is None:
         cases, missing = default_cases()
-    return {"cpu_arch": platform.machine(), "device": runtime.device_info(),
-            "versions": runtime.versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    return {"cpu_arch": platform.machine(), "device": env.device_info(),
+            "versions": env.versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "backend": jax.default_backend(), "missing": missing,
             "cases": {c.key: short_run(c) for c in cases}}
 
@@ -141,7 +141,7 @@ def compare(losses: list[float], reference: list[float], rtol: float = RTOL) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mgr.armcheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m mgr.bench.armcheck", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the JSON record here (default: stdout)")
     ap.add_argument("--cache-dir", type=Path, help="persistent JAX compilation cache directory")
     args = ap.parse_args(argv)

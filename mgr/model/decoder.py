@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from attention.base import Dense, rms_normalize
-from mgr.blocks import make_stack
+from mgr.model.blocks import make_stack
 from mgr.config import ModelConfig
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from mgr import corpus
+from mgr.data import corpus
 from mgr.config import DataConfig
-from mgr.errors import MgrError
-from mgr.paths import atomic_write_bytes, cache_dir, file_digest
-from mgr.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_or_load
+from core.errors import MgrError
+from mgr.runtime.paths import atomic_write_bytes, cache_dir, file_digest
+from mgr.data.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_or_load
 
 TOKENS_FORMAT = 1
 _ENCODE_BATCH = 512  # documents per encode call: bounds the Python int lists alive at once

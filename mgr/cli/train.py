@@ -1,12 +1,7 @@
-"""The `mgr` command line. Each command parses, builds configs and calls one library function.
-
-Bad input (unknown names, impossible shapes, missing data, unreadable checkpoints) is printed as
-one line on stderr with exit code 2, never a traceback.
-"""
+"""`mgr train`: one configuration, from flags or from the record of a run to resume."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -14,72 +9,8 @@ from typing import Optional
 
 import typer
 
-from mgr.errors import MgrError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mgr: pluggable attention algebras, optimizers and fixed-FLOPs benchmarks in JAX.")
-
-
-def user_errors(fn):
-    """Turn MgrError into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MgrError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def _knobs(config_cls) -> str:
-    import dataclasses
-
-    fields = dataclasses.fields(config_cls)
-    return ", ".join(f"{f.name}={f.default!r}" for f in fields) or "–"
-
-
-@app.command("list")
-@user_errors
-def list_cmd():
-    """List the registered attention algebras, optimizers and schedules with their knobs."""
-    from rich.console import Console
-    from rich.table import Table
-
-    import attention
-    import optim
-    from mgr import demos
-
-    console = Console()
-    for title, rows in (
-        ("demos (mgr run NAME)", [(n, demos.get(n).summary, f"steps={demos.get(n).default_steps}")
-                                  for n in demos.names()]),
-        ("attention algebras", [(n, attention.get(n).description, _knobs(attention.get(n).config_cls))
-                                for n in attention.names()]),
-        ("optimizers", [(n, optim.get(n).description, _knobs(optim.get(n).config_cls)) for n in optim.names()]),
-        ("schedules", [(n, optim.get_schedule(n).description, _knobs(optim.get_schedule(n).config_cls))
-                       for n in optim.schedule_names()]),
-    ):
-        table = Table(title=title, title_justify="left")
-        for col in ("name", "what it is", "knobs (defaults)"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-
-
-def _parse_options(text: Optional[str], what: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MgrError(f"{what} must be a JSON object: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise MgrError(f"{what} must be a JSON object")
-    return value
+from core.errors import MgrError
+from mgr.cli.app import app, parse_options, user_errors
 
 
 @app.command()
@@ -114,7 +45,7 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Train one configuration; writes artifacts/train/<run_id>/{summary.json, run.md, metrics.jsonl, checkpoints/}."""
-    from mgr.artifacts import new_run_id
+    from mgr.runtime.artifacts import new_run_id
     from mgr.config import DataConfig, ModelConfig, TrainConfig
     from mgr.runtime import enable_compilation_cache, maybe_init_distributed
     from mgr.train import train as train_run
@@ -133,15 +64,15 @@ def train(
             vocab_size=vocab_size, d_model=n_embd, n_layers=n_layer, n_heads=n_head,
             n_kv_heads=n_kv_head or n_head, max_seq_len=seq_len,
             attention=names[0] if len(names) == 1 else names,
-            attention_options=_parse_options(attention_options, "--attention-options"))
+            attention_options=parse_options(attention_options, "--attention-options"))
         data_cfg = DataConfig(data_dir=data, vocab_size=vocab_size, tokenizer_type=tokenizer,
                               seq_len=seq_len, batch_size=batch_size)
         train_cfg = TrainConfig(
             optimizer=optimizer, schedule=schedule, learning_rate=lr, warmup_steps=warmup,
             steps=None if target_flops is not None and steps is None else (steps or 200),
             target_flops=target_flops, seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
-            optimizer_options=_parse_options(optimizer_options, "--optimizer-options"),
-            schedule_options=_parse_options(schedule_options, "--schedule-options"))
+            optimizer_options=parse_options(optimizer_options, "--optimizer-options"),
+            schedule_options=parse_options(schedule_options, "--schedule-options"))
         run_dir = root / "train" / (run_id or new_run_id())
     summary = train_run(model_cfg, data_cfg, train_cfg, run_dir=run_dir, artifacts_root=root,
                         resume=resume, progress=progress and sys.stderr.isatty())
@@ -178,8 +109,3 @@ def _print_result(summary: dict, run_dir: Path) -> None:
         + (f" ({summary['reason']})" if summary.get("reason") else ""))
     typer.echo(f"record: {run_dir}/summary.json")
 
-
-
-
-# The other command groups register themselves on `app` when imported.
-from mgr import cli_bench, cli_demos  # noqa: E402,F401

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mgr.cli import app, user_errors
+from mgr.cli.app import app, user_errors
 def _print_demo(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -47,7 +47,7 @@ def run_cmd(
 ):
     """Run one demo: live certificates of its mathematics; exits 1 if any fails."""
     from mgr import demos
-    from mgr.artifacts import new_run_id
+    from mgr.runtime.artifacts import new_run_id
     from mgr.runtime import enable_compilation_cache
 
     demos.get(name)
@@ -73,7 +73,7 @@ def run_all(
     from rich.table import Table
 
     from mgr import demos
-    from mgr.artifacts import new_run_id
+    from mgr.runtime.artifacts import new_run_id
     from mgr.runtime import enable_compilation_cache
 
     enable_compilation_cache()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from mgr.corpus import iter_texts
-from mgr.errors import MgrError
-from mgr.paths import atomic_write_bytes, cache_dir, file_digest
+from mgr.data.corpus import iter_texts
+from core.errors import MgrError
+from mgr.runtime.paths import atomic_write_bytes, cache_dir, file_digest
 
 # Bump when training input or options change meaning, so cached models are not reused.
 FORMAT_VERSION = 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mgr import artifacts
+from mgr.runtime import artifacts
 from mgr.config import ModelConfig, TrainConfig
-from mgr.perf import matmul_peak, time_train_step
+from mgr.bench.perf import matmul_peak, time_train_step
 
 SCHEMA = "mgr.bench.throughput.v1"
 

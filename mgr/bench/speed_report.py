@@ -1,6 +1,6 @@
 """Every speed and memory table in the README, measured on this machine.
 
-    uv run python -m mgr.speed_report [--quick]
+    uv run python -m mgr.bench.speed_report [--quick]
 
 Prints markdown and writes it to artifacts/bench/speed/<run_id>/report.md with the raw numbers
 in summary.json. Sections: train throughput against the f32 matmul peak (the foundation
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import attention
 import optim
-from mgr import artifacts
+from mgr.runtime import artifacts
 from mgr.config import ModelConfig, TrainConfig
-from mgr.perf import matmul_peak, time_train_step
+from mgr.bench.perf import matmul_peak, time_train_step
 
 
 def _model(name: str, L: int, d: int, h: int, t: int, vocab: int = 4096) -> ModelConfig:
@@ -61,14 +61,14 @@ def optimizers(steps: int) -> tuple[str, list]:
 
 
 def depth_memory() -> tuple[str, dict]:
-    from attention.revstack import depth_memory_table, render_depth_table
+    from mgr.bench.depth import depth_memory_table, render_depth_table
 
     table = depth_memory_table((2, 4, 8, 16))
     return render_depth_table(table), table
 
 
 def scaling(seq_lens) -> tuple[str, list]:
-    from mgr.scaling import forward_scaling, scaling_exponents
+    from mgr.bench.scaling import forward_scaling, scaling_exponents
 
     names = ["standard", "tropical", "ultrametric"]
     rows = forward_scaling(names, list(seq_lens))

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mgr import runtime
-from mgr.paths import atomic_write_bytes
+from mgr.runtime import env
+from mgr.runtime.paths import atomic_write_bytes
 
 SCHEMA_VERSION = "mgr.train.v1"
 STATUSES = ("ok", "diverged", "error", "timeout", "interrupted", "running")
@@ -53,10 +53,10 @@ def provenance(run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": runtime.git_info(),
-        "versions": runtime.versions(),
-        "device": runtime.device_info(),
-        "command": runtime.command_line(),
+        "git": env.git_info(),
+        "versions": env.versions(),
+        "device": env.device_info(),
+        "command": env.command_line(),
     }
 
 

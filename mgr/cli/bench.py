@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from mgr.cli import app, user_errors
-from mgr.errors import MgrError
+from mgr.cli.app import app, user_errors
+from core.errors import MgrError
 @app.command("bench-throughput")
 @user_errors
 def bench_throughput(
@@ -24,9 +24,9 @@ def bench_throughput(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
 ):
     """Time train steps against the machine's f32 matmul peak; writes artifacts/bench/throughput/<run_id>/."""
-    from mgr.artifacts import new_run_id
+    from mgr.runtime.artifacts import new_run_id
     from mgr.runtime import enable_compilation_cache
-    from mgr.throughput import run_throughput
+    from mgr.bench.throughput import run_throughput
 
     enable_compilation_cache()
     shapes = []
@@ -80,8 +80,8 @@ def bench_fixed_flops(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
 ):
     """Train every configuration to the same FLOPs budget and compare validation CE across seeds."""
-    from mgr.artifacts import new_run_id
-    from mgr.benchcli import run_from_cli
+    from mgr.runtime.artifacts import new_run_id
+    from mgr.bench.runner import run_from_cli
 
     if devices and devices > 1 and "jax" not in sys.modules:
         import os  # simulated CPU devices must be requested before JAX starts
@@ -107,7 +107,7 @@ def bench_fixed_flops(
 @user_errors
 def report(suite_dir: Path = typer.Argument(..., help="a fixed-FLOPs suite directory")):
     """Re-render a suite's summary.json, run.md and curves.png from its run records."""
-    from mgr.report import write_suite
+    from mgr.bench.report import write_suite
 
     if not (suite_dir / "bench.json").is_file():
         raise MgrError(f"{suite_dir} is not a benchmark suite (no bench.json)")
@@ -126,7 +126,7 @@ def compare(
     throughput_rel: float = typer.Option(0.10), memory_rel: float = typer.Option(0.05),
 ):
     """Compare two runs or suites metric by metric; exit 1 on a regression beyond the thresholds."""
-    from mgr import compare as cmp
+    from mgr.bench import compare as cmp
 
     rows = cmp.compare(cmp.load(baseline), cmp.load(candidate),
                        cmp.Thresholds(loss_abs, loss_rel, throughput_rel, memory_rel))

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgr.config import DataConfig
-from mgr.errors import MgrError
-from mgr.paths import cache_dir
+from core.errors import MgrError
+from mgr.runtime.paths import cache_dir
 
 # Bump when the way shards are built changes, so old cache entries are never reused.
 FORMAT_VERSION = 3

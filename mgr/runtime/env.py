@@ -18,7 +18,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     step from 2.2 s to 0.7 s on the reference machine.
     """
     if directory is None:
-        from mgr.paths import cache_dir
+        from mgr.runtime.paths import cache_dir
 
         directory = cache_dir() / "jax"
     path = Path(directory)
@@ -44,7 +44,7 @@ def maybe_init_distributed() -> bool:
 
 def git_info(cwd: str | os.PathLike | None = None) -> dict:
     """Commit and dirty flag of the repository holding the code, or 'unknown' outside git."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
+    cwd = cwd or Path(__file__).resolve().parents[2]
 
     def run(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mgr import artifacts, stats
+from mgr.runtime import artifacts
+from mgr.bench import stats
 
 SCHEMA = "mgr.bench.fixed_flops.v1"
 ALPHA = 0.05

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 
 class Checkpointer:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mgr.config import DataConfig, ModelConfig, TrainConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 
 FINISHED = ("ok", "diverged", "error", "timeout")
 
@@ -109,7 +109,7 @@ def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
               on_result: Callable[[dict], None] | None = None, data=None) -> dict:
     """Run (or resume) a suite; returns the suite summary written to `suite_dir/summary.json`."""
     from mgr.data import build_data
-    from mgr.report import write_suite
+    from mgr.bench.report import write_suite
     from mgr.train import train
 
     suite_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def _finished(run_dir: Path) -> dict | None:
 
 
 def _error_record(run_dir: Path, message: str) -> dict:
-    from mgr import artifacts
+    from mgr.runtime import artifacts
 
     summary = {"schema_version": artifacts.SCHEMA_VERSION, "meta": artifacts.provenance(run_dir.name),
                "config": {}, "budget": {}, "results": {}, "status": "error", "reason": message}
@@ -166,6 +166,6 @@ def _check_same_suite(cfg: BenchConfig, suite_dir: Path) -> None:
         if diff:
             raise MgrError(f"suite '{suite_dir.name}' was started with other settings ({', '.join(diff)});"
                            " use a new --run-id")
-    from mgr.artifacts import write_json
+    from mgr.runtime.artifacts import write_json
 
     write_json(path, mine)

@@ -20,10 +20,11 @@ import optax
 from flax import nnx
 
 import optim
-from mgr import artifacts, flops
-from mgr.checkpoint import Checkpointer, NoCheckpoints
+from mgr.runtime import artifacts
+from mgr.train import flops
+from mgr.train.checkpoint import Checkpointer, NoCheckpoints
 from mgr.config import DataConfig, ModelConfig, TrainConfig
-from mgr.errors import MgrError
+from core.errors import MgrError
 from mgr.model import Decoder
 
 
@@ -168,7 +169,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     `stop_after` ends the loop early as if interrupted (tests use it to check exact resume).
     """
     from mgr.data import build_data
-    from mgr.loop import run_loop
+    from mgr.train.loop import run_loop
 
     if model_cfg.max_seq_len < data_cfg.seq_len:
         raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")

@@ -1,0 +1,6 @@
+"""The `mgr` command line: thin entry points. Each command parses its flags, builds configs and
+calls one library function; bad input becomes one line on stderr and exit code 2."""
+
+from mgr.cli.app import app  # noqa: F401
+# Each command module registers its commands on `app` when imported.
+from mgr.cli import train, bench, demos  # noqa: E402,F401  (this order is `mgr --help`'s)

@@ -1,0 +1,80 @@
+"""The `mgr` application object, its error handling and `mgr list`.
+
+Bad input (unknown names, impossible shapes, missing data, unreadable checkpoints) is printed as
+one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Optional
+
+import typer
+
+from core.errors import MgrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mgr: pluggable attention algebras, optimizers and fixed-FLOPs benchmarks in JAX.")
+
+
+def user_errors(fn):
+    """Turn MgrError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MgrError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _knobs(config_cls) -> str:
+    import dataclasses
+
+    fields = dataclasses.fields(config_cls)
+    return ", ".join(f"{f.name}={f.default!r}" for f in fields) or "–"
+
+
+@app.command("list")
+@user_errors
+def list_cmd():
+    """List the registered attention algebras, optimizers and schedules with their knobs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import attention
+    import optim
+    from mgr import demos
+
+    console = Console()
+    for title, rows in (
+        ("demos (mgr run NAME)", [(n, demos.get(n).summary, f"steps={demos.get(n).default_steps}")
+                                  for n in demos.names()]),
+        ("attention algebras", [(n, attention.get(n).description, _knobs(attention.get(n).config_cls))
+                                for n in attention.names()]),
+        ("optimizers", [(n, optim.get(n).description, _knobs(optim.get(n).config_cls)) for n in optim.names()]),
+        ("schedules", [(n, optim.get_schedule(n).description, _knobs(optim.get_schedule(n).config_cls))
+                       for n in optim.schedule_names()]),
+    ):
+        table = Table(title=title, title_justify="left")
+        for col in ("name", "what it is", "knobs (defaults)"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def parse_options(text: Optional[str], what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MgrError(f"{what} must be a JSON object: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise MgrError(f"{what} must be a JSON object")
+    return value
