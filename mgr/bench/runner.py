@@ -39,15 +39,19 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from mgr.runtime import enable_compilation_cache, maybe_init_distributed
+    from mgr.runtime import enable_compilation_cache, maybe_init_distributed, request_devices
 
-    enable_compilation_cache()
-    maybe_init_distributed()
     cfg = merge(flags, sweep)
+    enable_compilation_cache()
+    request_devices(cfg.train.get("devices"))  # before JAX starts its backends; flag or sweep
+    maybe_init_distributed()
     console = Console(stderr=True)
     total = len(cfg.arms()) * len(cfg.seeds)
-    console.print(f"[bold]fixed-FLOPs benchmark[/] {suite_dir.name}: {len(cfg.arms())} arms x "
-                  f"{len(cfg.seeds)} seeds at {cfg.target_flops:.3g} FLOPs each")
+
+    def on_start() -> None:  # after the lock and the budget check, so a refusal stays one line
+        console.print(f"[bold]fixed-FLOPs benchmark[/] {suite_dir.name}: {len(cfg.arms())} arms x "
+                      f"{len(cfg.seeds)} seeds at {cfg.target_flops:.3g} FLOPs each")
+
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=total)
@@ -57,12 +61,12 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
             val = res.get("val_ce_final")
             arm = s.get("config", {}).get("model", {}).get("attention", "?")
             desc = f"{arm} seed {s.get('config', {}).get('train', {}).get('seed', '?')}: {s['status']}" + (
-                f" val CE {val:.3f}" if val else "")
+                f" val CE {val:.3f}" if val is not None else "")
             bar.update(task, advance=1, description=desc)
             if not console.is_terminal:
                 console.print(desc)
 
-        summary = run_bench(cfg, suite_dir, artifacts_root, on_result=on_result)
+        summary = run_bench(cfg, suite_dir, artifacts_root, on_start=on_start, on_result=on_result)
     table = Table(title=f"validation CE at {cfg.target_flops:.3g} FLOPs", title_justify="left")
     for col in ("arm", "val CE", "±95%", "Δ vs base", "p", "steps", "tok/s", "status"):
         table.add_column(col)

@@ -88,34 +88,50 @@ def load_sweep(path: Path) -> dict:
 
 
 def preflight(cfg: BenchConfig) -> None:
-    """Refuse a budget too small for the minimum steps before anything trains.
+    """Refuse a budget too small for the minimum steps, or a --devices the batch or host cannot
+    honour, before anything trains.
 
     Counts each arm's step without compiling it (`mgr.train.step_flops`): the same count each
     run then uses for its own steps.
     """
-    from mgr.train import step_flops
+    from mgr.train import check_devices, step_flops
 
+    train_cfg = TrainConfig(**cfg.train)
+    check_devices(train_cfg.devices, DataConfig(**cfg.data).batch_size)  # one line, not one error per arm
     worst = 0.0
     for arm in cfg.arms():
         model, data, train = cfg.configs(*arm, cfg.seeds[0])
         worst = max(worst, step_flops(model, train, (data.batch_size, data.seq_len + 1)))
-    min_steps = TrainConfig(**cfg.train).min_steps if cfg.train else TrainConfig().min_steps
+    min_steps = train_cfg.min_steps
     if cfg.target_flops < worst * min_steps:
         raise MgrError(f"--target-flops {cfg.target_flops:.3g} gives the costliest arm fewer than "
                        f"{min_steps} steps; the smallest budget that works is {worst * min_steps:.3g}")
 
 
 def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
+              on_start: Callable[[], None] | None = None,
               on_result: Callable[[dict], None] | None = None, data=None) -> dict:
-    """Run (or resume) a suite; returns the suite summary written to `suite_dir/summary.json`."""
+    """Run (or resume) a suite; returns the suite summary written to `suite_dir/summary.json`.
+
+    `on_start` is called once the suite is locked and its settings and budget are accepted.
+    """
     from mgr.data import build_data
+    from mgr.runtime import runs
+
+    with runs.locked(suite_dir, "suite"):  # a second process on this suite id is refused
+        _check_same_suite(cfg, suite_dir)
+        preflight(cfg)
+        _write_settings(cfg, suite_dir)  # only once the budget is known to work
+        if on_start:
+            on_start()
+        data = build_data(DataConfig(**cfg.data)) if data is None else data
+        return _run_arms(cfg, suite_dir, artifacts_root, on_result, data)
+
+
+def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data) -> dict:
     from mgr.bench.report import write_suite
     from mgr.train import train
 
-    suite_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_suite(cfg, suite_dir)
-    preflight(cfg)
-    data = data or build_data(DataConfig(**cfg.data))
     for attention, optimizer, schedule in cfg.arms():
         for seed in cfg.seeds:
             run_dir = suite_dir / arm_name(attention, optimizer, schedule) / f"seed_{seed}"
@@ -166,6 +182,9 @@ def _check_same_suite(cfg: BenchConfig, suite_dir: Path) -> None:
         if diff:
             raise MgrError(f"suite '{suite_dir.name}' was started with other settings ({', '.join(diff)});"
                            " use a new --run-id")
+
+
+def _write_settings(cfg: BenchConfig, suite_dir: Path) -> None:
     from mgr.runtime.artifacts import write_json
 
-    write_json(path, mine)
+    write_json(suite_dir / "bench.json", cfg.to_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import MgrError
 from mgr.runtime import artifacts
 from mgr.config import ModelConfig, TrainConfig
 from mgr.bench.perf import matmul_peak, time_train_step
@@ -12,6 +13,8 @@ SCHEMA = "mgr.bench.throughput.v1"
 
 
 def run_throughput(algebras, optimizers, shapes, vocab_size: int, steps: int, out: Path) -> str:
+    if steps < 1:
+        raise MgrError(f"--steps must be at least 1, got {steps}")
     peak_rows = matmul_peak()
     peak = max(r["gflops"] for r in peak_rows)
     rows = []

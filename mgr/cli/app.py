@@ -69,7 +69,7 @@ def list_cmd():
 
 
 def parse_options(text: Optional[str], what: str) -> dict:
-    if not text:
+    if text is None:
         return {}
     try:
         value = json.loads(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -24,10 +23,10 @@ def bench_throughput(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
 ):
     """Time train steps against the machine's f32 matmul peak; writes artifacts/bench/throughput/<run_id>/."""
-    from mgr.runtime.artifacts import new_run_id
-    from mgr.runtime import enable_compilation_cache
+    from mgr.runtime import enable_compilation_cache, runs
     from mgr.bench.throughput import run_throughput
 
+    out = runs.run_dir(artifacts_dir, "bench", "throughput", run_id=run_id)
     enable_compilation_cache()
     shapes = []
     for s in shape:
@@ -36,7 +35,6 @@ def bench_throughput(
         except ValueError:
             raise MgrError(f"--shape must be L,d,H,T,B integers, got '{s}'") from None
         shapes.append((L, d, h, t, b))
-    out = artifacts_dir / "bench" / "throughput" / (run_id or new_run_id())
     table = run_throughput(attention, optimizer, shapes, vocab_size, steps, out)
     typer.echo(table)
     typer.echo(f"record: {out}/summary.json")
@@ -80,22 +78,18 @@ def bench_fixed_flops(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
 ):
     """Train every configuration to the same FLOPs budget and compare validation CE across seeds."""
-    from mgr.runtime.artifacts import new_run_id
+    from mgr.runtime import runs
     from mgr.bench.runner import run_from_cli
 
-    if devices and devices > 1 and "jax" not in sys.modules:
-        import os  # simulated CPU devices must be requested before JAX starts
-
-        os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={devices}")
+    suite = runs.run_dir(artifacts_dir, "bench", "fixed_flops", run_id=run_id)
     flags = {
         "attention": _csv(attention), "optimizer": _csv(optimizer), "schedule": _csv(schedule),
-        "seeds": _csv([seeds] if seeds else None, int), "target_flops": target_flops,
+        "seeds": _csv(None if seeds is None else [seeds], int), "target_flops": target_flops,
         "baseline": baseline, "timeout_s": timeout_s,
         "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd},
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
         "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
     }
-    suite = artifacts_dir / "bench" / "fixed_flops" / (run_id or new_run_id())
     summary = run_from_cli(flags, sweep, suite, artifacts_dir)
     bad = [a["arm"] for a in summary["arms"] if any(s != "ok" for s in a["statuses"])]
     typer.echo(f"record: {suite}/summary.json")

@@ -47,12 +47,12 @@ def run_cmd(
 ):
     """Run one demo: live certificates of its mathematics; exits 1 if any fails."""
     from mgr import demos
-    from mgr.runtime.artifacts import new_run_id
-    from mgr.runtime import enable_compilation_cache
+    from mgr.runtime import enable_compilation_cache, runs
 
-    demos.get(name)
+    run_id = runs.resolve_run_id(run_id)
+    demos.get(name)  # an unknown name is refused here, so it never becomes a path
+    run_dir = artifacts_dir / "demos" / name / run_id
     enable_compilation_cache()
-    run_dir = artifacts_dir / "demos" / name / (run_id or new_run_id())
     summary = demos.run_demo(name, seed=seed, steps=steps, run_dir=run_dir)
     _print_demo(summary)
     typer.echo(f"{summary['status']} in {summary['seconds']:.1f} s; record: {run_dir}/summary.json")
@@ -73,11 +73,10 @@ def run_all(
     from rich.table import Table
 
     from mgr import demos
-    from mgr.runtime.artifacts import new_run_id
-    from mgr.runtime import enable_compilation_cache
+    from mgr.runtime import enable_compilation_cache, runs
 
+    run_id = runs.resolve_run_id(run_id)  # one id for every demo
     enable_compilation_cache()
-    run_id = run_id or new_run_id()
     table = Table(title="demos", title_justify="left")
     for col in ("demo", "status", "certificates passed", "seconds"):
         table.add_column(col)

@@ -39,41 +39,49 @@ def train(
     optimizer_options: Optional[str] = typer.Option(None, help="JSON of the optimizer's knobs"),
     schedule_options: Optional[str] = typer.Option(None, help="JSON of the schedule's knobs"),
     data: Optional[str] = typer.Option(None, help="directory of parquet shards with a 'text' column"),
-    run_id: Optional[str] = typer.Option(None),
+    devices: int = typer.Option(1, help="shard each batch over N devices (a 1-D data mesh)"),
+    run_id: Optional[str] = typer.Option(None, help="the run's directory name (default: a UTC time stamp)"),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
     resume: bool = typer.Option(False, help="continue the run --run-id from its latest checkpoint"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Train one configuration; writes artifacts/train/<run_id>/{summary.json, run.md, metrics.jsonl, checkpoints/}."""
-    from mgr.runtime.artifacts import new_run_id
     from mgr.config import DataConfig, ModelConfig, TrainConfig
-    from mgr.runtime import enable_compilation_cache, maybe_init_distributed
-    from mgr.train import train as train_run
+    from mgr.runtime import enable_compilation_cache, maybe_init_distributed, request_devices, runs
+    from mgr.train import finished_run, train as train_run
 
-    enable_compilation_cache()
-    maybe_init_distributed()
     root = artifacts_dir
     if resume:
-        if not run_id:
+        if run_id is None:
             raise MgrError("--resume needs --run-id of the run to continue")
-        run_dir = root / "train" / run_id
+        run_dir = runs.run_dir(root, "train", run_id=run_id)
+        done = finished_run(run_dir)
+        if done is not None:
+            typer.echo(f"complete: run '{run_id}' already finished {_result_line(done)}; "
+                       f"nothing to resume, record unchanged: {run_dir}/summary.json")
+            return
         model_cfg, data_cfg, train_cfg = _configs_from_summary(run_dir)
     else:
         names = tuple(a.strip() for a in attention.split(",") if a.strip())
         model_cfg = ModelConfig(
             vocab_size=vocab_size, d_model=n_embd, n_layers=n_layer, n_heads=n_head,
-            n_kv_heads=n_kv_head or n_head, max_seq_len=seq_len,
+            n_kv_heads=n_head if n_kv_head is None else n_kv_head, max_seq_len=seq_len,
             attention=names[0] if len(names) == 1 else names,
             attention_options=parse_options(attention_options, "--attention-options"))
         data_cfg = DataConfig(data_dir=data, vocab_size=vocab_size, tokenizer_type=tokenizer,
                               seq_len=seq_len, batch_size=batch_size)
+        if steps is None and target_flops is None:
+            steps = 200
         train_cfg = TrainConfig(
             optimizer=optimizer, schedule=schedule, learning_rate=lr, warmup_steps=warmup,
-            steps=None if target_flops is not None and steps is None else (steps or 200),
-            target_flops=target_flops, seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
+            steps=steps, target_flops=target_flops, seed=seed, eval_every=eval_every,
+            checkpoint_every=checkpoint_every, devices=devices,
             optimizer_options=parse_options(optimizer_options, "--optimizer-options"),
             schedule_options=parse_options(schedule_options, "--schedule-options"))
-        run_dir = root / "train" / (run_id or new_run_id())
+        run_dir = runs.run_dir(root, "train", run_id=run_id)
+    enable_compilation_cache()
+    request_devices(train_cfg.devices)  # before JAX starts its backends
+    maybe_init_distributed()
     summary = train_run(model_cfg, data_cfg, train_cfg, run_dir=run_dir, artifacts_root=root,
                         resume=resume, progress=progress and sys.stderr.isatty())
     _print_result(summary, run_dir)
@@ -97,15 +105,19 @@ def _configs_from_summary(run_dir: Path):
         raise MgrError(f"--resume: unreadable {run_dir.name}/summary.json ({type(e).__name__})") from None
 
 
-def _print_result(summary: dict, run_dir: Path) -> None:
-    res = summary["results"]
-    val = res.get("val_ce_final")
-    tps = res.get("tokens_per_second")
-    typer.echo(
-        f"{summary['status']}: {res.get('steps_completed', 0)}/{summary['budget']['steps']} steps, "
-        f"train CE {res.get('train_ce_final') or float('nan'):.4f}, "
-        f"val CE {val if val is not None else float('nan'):.4f}, "
-        f"{(tps or 0):,.0f} tok/s, {summary['budget']['flops_per_step_xla']:.3g} XLA FLOPs/step"
-        + (f" ({summary['reason']})" if summary.get("reason") else ""))
-    typer.echo(f"record: {run_dir}/summary.json")
+def _num(x, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
 
+
+def _result_line(summary: dict) -> str:
+    res = summary["results"]
+    return (f"{res.get('steps_completed', 0)}/{summary['budget']['steps']} steps, "
+            f"train CE {_num(res.get('train_ce_final'), '.4f')}, val CE {_num(res.get('val_ce_final'), '.4f')}, "
+            f"{_num(res.get('tokens_per_second'), ',.0f')} tok/s")
+
+
+def _print_result(summary: dict, run_dir: Path) -> None:
+    typer.echo(f"{summary['status']}: {_result_line(summary)}, "
+               f"{summary['budget']['flops_per_step_xla']:.3g} XLA FLOPs/step"
+               + (f" ({summary['reason']})" if summary.get("reason") else ""))
+    typer.echo(f"record: {run_dir}/summary.json")

@@ -42,6 +42,22 @@ def maybe_init_distributed() -> bool:
     return True
 
 
+def request_devices(n: int | None) -> None:
+    """Ask for `n` simulated CPU devices when `--devices n` is given on a CPU-only host.
+
+    Must run before JAX starts its backends (the count is fixed then); afterwards, or when the
+    user already chose a count with XLA_FLAGS=--xla_force_host_platform_device_count, this does
+    nothing and the trainer's own check reports a shortfall. GPU/TPU device lists are unaffected.
+    """
+    from jax._src import xla_bridge
+
+    if not n or n <= 1 or xla_bridge.backends_are_initialized():
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    jax.config.update("jax_num_cpu_devices", int(n))
+
+
 def git_info(cwd: str | os.PathLike | None = None) -> dict:
     """Commit and dirty flag of the repository holding the code, or 'unknown' outside git."""
     cwd = cwd or Path(__file__).resolve().parents[2]

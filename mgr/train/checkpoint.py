@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 
 from core.errors import MgrError
 
+META_KEYS = frozenset({"step", "val_curve", "best_val", "train_seconds"})  # what resume reads
+
 
 class Checkpointer:
     def __init__(self, directory: Path, *, max_to_keep: int = 2):
@@ -28,6 +30,11 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
         # The previous async save must finish before the donated state buffers are reused.
         self.manager.wait_until_finished()
+        if step in self.manager.all_steps():
+            # A run resumed from an older checkpoint reaches this step again (a newer one was
+            # unreadable, or a kill fell between the best and the periodic save); the run is
+            # deterministic, so the new save replaces the old one (orbax refuses duplicates).
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta)), force=True)
@@ -35,8 +42,15 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def restore(self, template_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
-        """Restore into the structure of `template_state`; unreadable data raises MgrError."""
+        """Restore into the structure of `template_state`; unreadable data raises MgrError.
+
+        The message names only the step: orbax's own texts carry object and class reprs that
+        mean nothing to a user (`mgr.train.resume` turns failures into one line per run).
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise MgrError(f"no checkpoint to resume from in {self.directory.name}/")
@@ -45,10 +59,19 @@ class Checkpointer:
             r = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
-        except Exception as e:  # orbax raises many types for corrupt or mismatched files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MgrError(f"cannot read checkpoint at step {step}: {first[:200]}") from None
-        return r["state"], r["data"], r["meta"]
+            meta = r["meta"]
+            if not META_KEYS <= set(meta):
+                raise ValueError("incomplete meta")
+        except Exception:  # orbax raises many types for corrupt or mismatched files
+            raise MgrError(f"cannot read checkpoint at step {step}") from None
+        return r["state"], r["data"], meta
+
+    def read_meta(self, step: int) -> dict:
+        """Only the JSON meta of a checkpoint (no arrays, so no template is needed)."""
+        try:
+            return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception:  # as in restore: orbax's messages are not for the user
+            raise MgrError(f"cannot read checkpoint at step {step}") from None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -63,6 +86,9 @@ class NoCheckpoints:
 
     def save(self, *args, **kwargs) -> None:
         pass
+
+    def all_steps(self) -> list[int]:
+        return []
 
     def restore(self, *args, **kwargs):
         raise MgrError("this run kept no checkpoints, so it cannot be resumed")

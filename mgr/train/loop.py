@@ -14,14 +14,7 @@ from pathlib import Path
 
 import jax
 
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop records past the checkpoint so the log equals an uninterrupted run's."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+from mgr.train.resume import last_train_loss, results_from_meta, truncate_metrics
 
 
 def _progress(enabled: bool, total: int, start: int):
@@ -36,31 +29,36 @@ def _progress(enabled: bool, total: int, start: int):
     return bar
 
 
-def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume: bool,
+def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restored,
              progress: bool, stop_after: int | None) -> dict:
+    """Train from step 0, or from `restored` (a `mgr.train.resume.Restored`) when resuming."""
     state = prog.state
     it = data.train_iterator(train_cfg.seed)
     val = prog.put_val(data.val_batches())
     tokens_per_step = int(val.shape[1] * (val.shape[2] - 1))  # B * T: inputs exclude the last column
     metrics_path = run_dir / "metrics.jsonl"
     start, val_curve, best_val, train_seconds = 0, [], math.inf, 0.0
-    if resume:
-        state, data_state, meta = ckpt.restore(state)
-        it.set_state(data_state)
-        start, val_curve = int(meta["step"]), meta["val_curve"]
-        best_val, train_seconds = float(meta["best_val"]), float(meta["train_seconds"])
-        _truncate_metrics(metrics_path, start)
+    last = {"loss": None}
+    if restored is not None:
+        state = restored.state
+        it.set_state(restored.data_state)
+        start, val_curve = restored.step, restored.meta["val_curve"]
+        best_val, train_seconds = float(restored.meta["best_val"]), float(restored.meta["train_seconds"])
+        # A session that trains no further steps (killed after the final checkpoint) still
+        # reports the last loss the run measured.
+        last["loss"] = last_train_loss(restored.meta, metrics_path)
+        truncate_metrics(metrics_path, start)
     elif metrics_path.exists():
         metrics_path.unlink()
 
     log = metrics_path.open("a")
     bar = _progress(progress, steps, start)
-    last = {"loss": None}
     outcome = {"status": "ok", "reason": None}
 
     def meta():
         return {"step": step_done, "val_curve": val_curve, "best_val": best_val,
-                "train_seconds": train_seconds}
+                "train_seconds": train_seconds, "train_loss": last["loss"],
+                "tokens_per_step": tokens_per_step, "val_tokens": int(val.shape[0] * tokens_per_step)}
 
     def consume(step: int, m) -> bool:
         """Record step `step`'s metrics; False if the loss is not finite."""
@@ -113,8 +111,10 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume:
             if stop and step < steps:
                 outcome = {"status": "interrupted", "reason": f"stopped after step {step}"}
                 break
-            if train_cfg.time_limit_s and train_seconds + time.perf_counter() - tick > train_cfg.time_limit_s:
-                ckpt.save(step, state, it.get_state(), meta())
+            over = train_cfg.time_limit_s and train_seconds + time.perf_counter() - tick > train_cfg.time_limit_s
+            if over and step < steps:  # the last step finishes the run, however long it took
+                if not due_ckpt:  # saved just above otherwise
+                    ckpt.save(step, state, it.get_state(), meta())
                 outcome = {"status": "timeout", "reason": f"time limit {train_cfg.time_limit_s}s at step {step}"}
                 break
         if pending is not None and not consume(*pending):
@@ -127,17 +127,5 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, resume:
         log.close()
         if bar is not None:
             bar.stop()
-    done, session_seconds = step_done - start, train_seconds - t_resumed
-    tps = tokens_per_step * done / session_seconds if session_seconds > 0 and done > 0 else None
-    outcome["results"] = {
-        "steps_completed": step_done,
-        "train_ce_final": last["loss"],
-        "val_ce_final": val_curve[-1][2] if val_curve else None,
-        "val_ce_best": best_val if math.isfinite(best_val) else None,
-        "val_curve": val_curve,
-        "val_tokens": int(val.shape[0] * tokens_per_step),
-        "train_seconds": round(train_seconds, 3),
-        "tokens_per_second": tps,
-        "achieved_flops_per_second": prog.flops_per_step * tps / tokens_per_step if tps else None,
-    }
+    outcome["results"] = results_from_meta(meta(), prog.flops_per_step)
     return outcome

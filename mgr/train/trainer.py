@@ -7,7 +7,6 @@ timeouts end with an explicit status in `summary.json`. Bad *input* raises `MgrE
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -20,9 +19,11 @@ import optax
 from flax import nnx
 
 import optim
-from mgr.runtime import artifacts
+from mgr.runtime import artifacts, runs
 from mgr.train import flops
 from mgr.train.checkpoint import Checkpointer, NoCheckpoints
+from mgr.train.parallel import check_devices, data_parallel
+from mgr.train.resume import complete_from_final_checkpoint, finished_run, read_jsonl, restore_newest
 from mgr.config import DataConfig, ModelConfig, TrainConfig
 from core.errors import MgrError
 from mgr.model import Decoder
@@ -97,7 +98,7 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     put_batch = put_val = jnp.asarray
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
     if train_cfg.devices > 1:
-        state, batch, put_batch, put_val = _data_parallel(state, batch_shape, train_cfg.devices)
+        state, batch, put_batch, put_val = data_parallel(state, batch_shape, train_cfg.devices)
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -109,27 +110,6 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
 
     return Program(graphdef, state, compiled, eval_fn, step_flops,
                    flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
-
-
-def _data_parallel(state, batch_shape, n: int):
-    """Replicate the state and shard batches over a 1-D 'data' mesh of `n` devices.
-
-    XLA inserts the gradient all-reduce itself; nothing else in the step changes, which is why
-    the same code runs on GPU/TPU hosts. `Auto` axes: JAX 0.10's default `Explicit` axes break
-    the embedding gather under sharding.
-    """
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-
-    if len(jax.devices()) < n:
-        raise MgrError(f"--devices {n} but only {len(jax.devices())} {jax.devices()[0].platform} device(s); "
-                       f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
-    if batch_shape[0] % n:
-        raise MgrError(f"batch size {batch_shape[0]} is not divisible by --devices {n}")
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    rows, val_rows = NamedSharding(mesh, P("data")), NamedSharding(mesh, P(None, "data"))
-    batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
-    return state, batch, (lambda b: jax.device_put(b, rows)), (lambda v: jax.device_put(v, val_rows))
 
 
 def counted_flops(step: Callable, *args) -> float:
@@ -166,31 +146,76 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
           stop_after: int | None = None) -> dict:
     """Train one configuration and write its run record; returns the summary.
 
-    `stop_after` ends the loop early as if interrupted (tests use it to check exact resume).
+    The run directory is locked for the whole call: a second process on the same run is refused.
+    Resuming a finished run returns its record untouched; one killed after its final checkpoint
+    has its record completed from that checkpoint. `stop_after` ends the loop early as
+    if interrupted (tests use it to check exact resume).
     """
+    if model_cfg.max_seq_len < data_cfg.seq_len:
+        raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+    check_devices(train_cfg.devices, data_cfg.batch_size)
+    run_dir = Path(run_dir)
+    with runs.locked(run_dir):
+        if resume:
+            done = finished_run(run_dir)
+            if done is None:
+                done = complete_from_final_checkpoint(run_dir)
+            if done is not None:
+                return done
+        return _train_locked(model_cfg, data_cfg, train_cfg, run_dir, artifacts_root, resume=resume,
+                             progress=progress, data=data, stop_after=stop_after)
+
+
+def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root: Path, *, resume: bool,
+                  progress: bool, data, stop_after: int | None) -> dict:
     from mgr.data import build_data
     from mgr.train.loop import run_loop
 
-    if model_cfg.max_seq_len < data_cfg.seq_len:
-        raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-    run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if resume and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
         raise MgrError(f"--resume: no checkpoints in {run_dir.name}/checkpoints")
     if not resume and (run_dir / "summary.json").exists():
         raise MgrError(f"run '{run_dir.name}' already exists; pass --resume or choose another --run-id")
-    data = data or build_data(data_cfg)
+    data = build_data(data_cfg) if data is None else data
     if data.tokenizer.vocab_size != model_cfg.vocab_size:
         raise MgrError(f"model vocab_size {model_cfg.vocab_size} != tokenizer's {data.tokenizer.vocab_size}")
 
     batch_shape = (data_cfg.batch_size, data_cfg.seq_len + 1)
-    provisional = train_cfg.steps or 1000
+    provisional = 1000 if train_cfg.steps is None else train_cfg.steps
     prog = build_program(model_cfg, train_cfg, batch_shape, provisional)
     steps = plan_steps(train_cfg, prog.flops_per_step)
     if steps != provisional:  # the schedule's horizon is baked into the program
         prog = build_program(model_cfg, train_cfg, batch_shape, steps)
 
-    summary = {
+    ckpt = Checkpointer(ckpt_dir) if train_cfg.checkpoints else NoCheckpoints()
+    best = Checkpointer(ckpt_dir / "best", max_to_keep=1) if train_cfg.checkpoints else NoCheckpoints()
+    try:
+        # Restore before the record is rewritten: an unreadable run keeps its old record.
+        restored = restore_newest(run_dir.name, prog.state, ckpt, best) if resume else None
+        summary = _record(model_cfg, data_cfg, train_cfg, data, prog, steps, run_dir, artifacts_root)
+        artifacts.write_run(run_dir, summary)
+        try:
+            outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, restored=restored,
+                               progress=progress, stop_after=stop_after)
+        except MgrError:
+            raise
+        except Exception as e:  # a failing run is recorded, not lost
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            outcome = {"status": "error", "reason": f"{type(e).__name__}: {msg[:300]}", "results": {}}
+    finally:
+        ckpt.close()
+        best.close()
+    if restored is not None and restored.note:
+        outcome["reason"] = "; ".join(r for r in (outcome["reason"], restored.note) if r)
+    summary["results"].update(outcome["results"])
+    summary["status"], summary["reason"] = outcome["status"], outcome["reason"]
+    artifacts.write_run(run_dir, summary)
+    return summary
+
+
+def _record(model_cfg, data_cfg, train_cfg, data, prog, steps: int, run_dir: Path, artifacts_root: Path) -> dict:
+    """The run record as written before the first step (status `running`)."""
+    return {
         "schema_version": artifacts.SCHEMA_VERSION,
         "meta": artifacts.provenance(run_dir.name),
         "config": {"model": model_cfg.to_dict(), "data": data_cfg.to_dict(), "dataset": data.describe(),
@@ -205,31 +230,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         "paths": {"run": str(run_dir.relative_to(artifacts_root)) if run_dir.is_relative_to(artifacts_root)
                   else run_dir.name, "metrics": "metrics.jsonl", "checkpoints": "checkpoints"},
     }
-    artifacts.write_run(run_dir, summary)
-    ckpt = Checkpointer(ckpt_dir) if train_cfg.checkpoints else NoCheckpoints()
-    best = Checkpointer(ckpt_dir / "best", max_to_keep=1) if train_cfg.checkpoints else NoCheckpoints()
-    try:
-        outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, resume=resume,
-                           progress=progress, stop_after=stop_after)
-    except MgrError:
-        raise
-    except Exception as e:  # a failing run is recorded, not lost
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        outcome = {"status": "error", "reason": f"{type(e).__name__}: {msg[:300]}", "results": {}}
-    finally:
-        ckpt.close()
-        best.close()
-    summary["results"].update(outcome["results"])
-    summary["status"], summary["reason"] = outcome["status"], outcome["reason"]
-    artifacts.write_run(run_dir, summary)
-    return summary
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def finite(x: float) -> bool:
