@@ -1,17 +1,22 @@
-"""Braid attention: each query strand passes under the strands of earlier tokens, and every
-crossing acts by the Alexander quandle.
+"""Braid attention: every token is a strand; each new strand crosses over the running braid,
+recolouring every earlier strand by the Alexander quandle, and each token reads the braid's
+mean colour.
 
-Math: token j is a strand coloured by the pair (Y_j, t_j): Y_j = k_j v_jᵀ (a K×K matrix) and a
-crossing parameter t_j ∈ [t_min, 1)^K (one per RoPE pair of key channels) computed from token j.
-A strand x passing under strand j becomes x ◁ (Y_j, t_j) = t_j·x + (1 − t_j)·Y_j (t_j acts on
-the rows); with the label carried along its strand this is a quandle, so the crossings satisfy
-the Yang–Baxter equation and the braid relations for any t (see attention/quandle.py). The
-strand of query i starts at X = 0 (or at the cached state), passes under strands 1..i, and is
-read out with the query: y_i = q_i·X_i / √K = Σ_{j≤i} (Σ_c q_ic w_ijc k_jc) v_j / √K, where the weights
-w_ijc = (1 − t_jc) Π_{j<l≤i} t_lc are convex (they sum to 1 − Π t ≤ 1). Crossings are affine
-maps x ↦ a·x + b, which compose associatively, so the running colour is a prefix scan: O(T·K²)
-per head, causal by construction, with an O(1) decoding cache (the colour). Claimed benefit:
-linear-time, constant-memory decoding whose mixing is a bona fide braid-group action with
+Math: token j is a strand coloured by Y_j = k_j v_jᵀ (a K×K matrix) with a label, the crossing
+parameter t_j ∈ [t_min, 1)^K (one per RoPE pair of key channels) computed from token j. When a
+strand p passes under strand (Y, t) it is recoloured p ◁ (Y, t) = t·p + (1 − t)·Y (t acts on the
+rows); with the label riding its strand this is a quandle, so the crossings satisfy the
+Yang–Baxter equation and the braid relations for any t (see attention/quandle.py). Token i's
+strand arrives on the right of the braid of tokens 1..i−1 and moves left over every earlier
+strand (σ_{i−1} ⋯ σ_1): each earlier colour c_j becomes c_j ◁ (Y_i, t_i), so old strands are
+recoloured by every later one and after T tokens the braid is the half twist Δ_T. Token i reads
+the mean colour of the i strands, y_i = q_i·M_i/√K with M_i = (1/i) Σ_{j≤i} c_j, a convex
+combination of the Y_j. (A strand that passed *under* the braid would see none of the crossings
+among the strands above it, by Reidemeister III, so the readout reads the strands' own colours.)
+The sum of the colours obeys P_i = t_i·P_{i−1} + (1 + (i−1)(1 − t_i))·Y_i, an affine map of the
+state, so the sequence is a chunked prefix scan of affine maps: O(T·K²) per head, causal, with an
+O(1) decoding cache (the mean colour and the strand count). Claimed benefit: linear-time,
+constant-memory decoding whose mixing is a braid-group action on the tokens' strands with
 data-dependent, always-invertible crossings. See markdown_documentation/braid.md.
 """
 
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import AlgebraConfig, AttentionDims, Dense, QKVProjection, pairwise_flops, require
-from attention.quandle import affine_compose, alexander
+from attention.quandle import affine_compose, braid_word
 from attention.registry import register
 
 # Inside a chunk the fast path factors Π t as e^{L_i}·e^{-L_j}: e^{-L_j} reaches t_min^{-chunk}
@@ -58,47 +63,62 @@ def crossing_log_t(z, bias, t_min: float):
     return math.log(t_min) * jax.nn.sigmoid(z + bias)
 
 
-def braid_scan(q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK, log_t_BxTxGxK, x0_BxGxKxK, chunk: int):
-    """The fast path: every query strand's colour after passing under strands 1..i, read out.
+def braid_scan(q_BxTxGxRxK, k_BxTxGxK, v_BxTxGxK, log_t_BxTxGxK, mean0_BxGxKxK, n0_B, chunk: int):
+    """The fast path: after each token, the mean colour of the braid's strands, read with q.
 
-    Inside a chunk of C strands the composed crossings are explicit: with L_i = Σ_{l≤i} log t_l,
-    strand j reaches i with weight e^{L_i − L_j}(1 − t_j), so the intra-chunk part is a masked
-    C×C product. Each chunk as a whole is one affine map (a, b); those compose with
-    `lax.associative_scan`, giving the colour entering each chunk. Returns y `[B, T, G, R, K]`
-    (without the 1/√K) and the final colour `[B, G, K, K]`. Everything float32.
+    `mean0`, `n0`: the mean colour and the number of strands already in the braid (the cache).
+    Token i (n_i = n0 + i strands after it) adds β_i·Y_i to the colour sum P and scales P's rows
+    by t_i, with β_i = 1 + (n_i − 1)(1 − t_i): its own strand plus its pull on the n_i − 1 strands
+    it crosses. Inside a chunk of C tokens, with L_i = Σ_{l≤i} log t_l, token j reaches i with
+    weight e^{L_i − L_j}·β_j, so the intra-chunk part is a masked C×C product. A whole chunk maps
+    the mean colour entering it to the mean leaving it by one affine map (a, b); those compose
+    with `lax.associative_scan`. Counts are folded in per chunk (β_j/n_end and n_end/n_i are O(1)
+    and n_start/n_end ≤ 1), so nothing grows with the context. Returns y `[B, T, G, R, K]`
+    (without the 1/√K) and the final mean colour `[B, G, K, K]`. Everything float32.
     """
     b, t, g, r, k = q_BxTxGxRxK.shape
     c = min(chunk, t)
     n = -(-t // c)
     pad = n * c - t
 
-    def chunks(x):  # pad with identity crossings (log t = 0, so t = 1 and 1 − t = 0)
+    def chunks(x):  # pad with identity crossings (log t = 0, so t = 1) that add no strand
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return x.reshape(b, n, c, *x.shape[2:])
 
     q, kk, v, log_t = chunks(q_BxTxGxRxK), chunks(k_BxTxGxK), chunks(v_BxTxGxK), chunks(log_t_BxTxGxK)
-    cum_BxNxCxGxK = jnp.cumsum(log_t, axis=2)
+    real_NxC = (jnp.arange(n * c) < t).reshape(n, c)
+    # Strands in the braid after each token; padding adds none.
+    count_BxNxC = n0_B[:, None, None] + jnp.minimum(jnp.arange(1, n * c + 1), t).reshape(n, c).astype(jnp.float32)
+    n_end_BxN = count_BxNxC[:, :, -1]
+    n_start_BxN = jnp.concatenate([n0_B[:, None], n_end_BxN[:, :-1]], axis=1)
     one_minus_t = -jnp.expm1(log_t)  # 1 − t without cancellation when t is close to 1
+    beta = 1.0 + (count_BxNxC - 1.0)[..., None, None] * one_minus_t
+    gain_BxNxCxGxK = jnp.where(real_NxC[:, :, None, None], beta, 0.0) / n_end_BxN[:, :, None, None, None]
+    shrink_BxN = n_start_BxN / n_end_BxN  # P = n·M: the entering mean is diluted by the new strands
+    rho_BxNxC = n_end_BxN[:, :, None] / count_BxNxC
+
+    cum_BxNxCxGxK = jnp.cumsum(log_t, axis=2)
     q_dec = q * jnp.exp(cum_BxNxCxGxK)[:, :, :, :, None]
-    k_grow = kk * one_minus_t * jnp.exp(-cum_BxNxCxGxK)
+    k_grow = kk * gain_BxNxCxGxK * jnp.exp(-cum_BxNxCxGxK)
     s_BxNxGxRxCxC = jnp.einsum("bnigrk,bnjgk->bngrij", q_dec, k_grow)
     # Masked entries can be as large as t_min^{-C}; `where` drops them before they meet v.
     tril = jnp.tril(jnp.ones((c, c), bool))
     s_BxNxGxRxCxC = jnp.where(tril, s_BxNxGxRxCxC, 0.0)
     y_intra = jnp.einsum("bngrij,bnjgk->bnigrk", s_BxNxGxRxCxC, v)
 
-    # Chunk n as one affine map of the colour: a = Π t, b = Σ_j (1 − t_j) Π_{l>j} t_l Y_j.
+    # Chunk n as one affine map of the mean colour: a = (n_start/n_end)·Π t,
+    # b = Σ_j e^{L_C − L_j}·(β_j/n_end)·Y_j.
     last_BxNxGxK = cum_BxNxCxGxK[:, :, -1]
-    a_BxNxGxKx1 = jnp.exp(last_BxNxGxK)[..., None]
-    k_end = kk * one_minus_t * jnp.exp(last_BxNxGxK[:, :, None] - cum_BxNxCxGxK)
+    a_BxNxGxKx1 = (jnp.exp(last_BxNxGxK) * shrink_BxN[:, :, None, None])[..., None]
+    k_end = kk * gain_BxNxCxGxK * jnp.exp(last_BxNxGxK[:, :, None] - cum_BxNxCxGxK)
     b_BxNxGxKxK = jnp.einsum("bnjgk,bnjgv->bngkv", k_end, v)
     a_pre, b_pre = jax.lax.associative_scan(affine_compose, (a_BxNxGxKx1, b_BxNxGxKxK), axis=1)
-    x_end_BxNxGxKxK = a_pre * x0_BxGxKxK[:, None] + b_pre
-    x_start = jnp.concatenate([x0_BxGxKxK[:, None], x_end_BxNxGxKxK[:, :-1]], axis=1)
-    y_inter = jnp.einsum("bnigrk,bngkv->bnigrv", q_dec, x_start)
+    x_end_BxNxGxKxK = a_pre * mean0_BxGxKxK[:, None] + b_pre
+    x_start = jnp.concatenate([mean0_BxGxKxK[:, None], x_end_BxNxGxKxK[:, :-1]], axis=1)
+    y_inter = jnp.einsum("bnigrk,bngkv->bnigrv", q_dec, x_start) * shrink_BxN[:, :, None, None, None, None]
 
-    y_BxTxGxRxK = (y_intra + y_inter).reshape(b, n * c, g, r, k)[:, :t]
-    return y_BxTxGxRxK, x_end_BxNxGxKxK[:, -1]
+    y_BxNxCxGxRxK = (y_intra + y_inter) * rho_BxNxC[:, :, :, None, None, None]
+    return y_BxNxCxGxRxK.reshape(b, n * c, g, r, k)[:, :t], x_end_BxNxGxKxK[:, -1]
 
 
 def _features(module: "BraidAttention", x_BxTxD, positions_BxT):
@@ -118,15 +138,17 @@ def _features(module: "BraidAttention", x_BxTxD, positions_BxT):
 
 
 def _reference(module: "BraidAttention", x_BxTxD, positions_BxT):
-    """Obviously correct: one strand crossing at a time, the query strand read out after each."""
+    """Obviously correct: the braid itself. Strands are appended one at a time, the new one moves
+    left over every earlier strand by the quandle generators σ_{i-1} … σ_0 of attention/quandle.py,
+    and each token reads the mean of all strands' colours."""
     q, kk, v, log_t = _features(module, x_BxTxD, positions_BxT)
     b, t, g, r, k = q.shape
-    colour_BxGxKxK = jnp.zeros((b, g, k, k), jnp.float32)
-    outs = []
+    strands, outs = (), []
     for i in range(t):
-        y_BxGxKxK = kk[:, i, :, :, None] * v[:, i, :, None, :]
-        colour_BxGxKxK = alexander(colour_BxGxKxK, y_BxGxKxK, jnp.exp(log_t[:, i])[..., None])
-        outs.append(jnp.einsum("bgrk,bgkv->bgrv", q[:, i], colour_BxGxKxK) / math.sqrt(k))
+        new = (kk[:, i, :, :, None] * v[:, i, :, None, :], jnp.exp(log_t[:, i])[..., None])
+        strands = braid_word(strands + (new,), list(range(i - 1, -1, -1)))
+        mean_BxGxKxK = sum(colour for colour, _ in strands) / len(strands)
+        outs.append(jnp.einsum("bgrk,bgkv->bgrv", q[:, i], mean_BxGxKxK) / math.sqrt(k))
     y = jnp.stack(outs, axis=1).astype(x_BxTxD.dtype)
     return module.wo(y.reshape(b, t, -1))
 
@@ -142,7 +164,9 @@ def _flops(dims: AttentionDims, cfg: BraidConfig, seq_len: int) -> float:
 
 
 @register("braid", config_cls=BraidConfig, flops_per_token=_flops, reference=_reference,
-          description="query strands cross earlier strands by the Alexander quandle; prefix-scanned affine maps")
+          relative_positions=True,
+          description="each token's strand crosses over the running braid (Alexander quandle); "
+                      "tokens read the mean strand colour; chunked affine prefix scan")
 class BraidAttention(nnx.Module):
     def __init__(self, dims: AttentionDims, cfg: BraidConfig, *, rngs: nnx.Rngs):
         cfg.validate(dims)
@@ -158,18 +182,18 @@ class BraidAttention(nnx.Module):
         self.wo = Dense(dims.n_heads * k, dims.d_model, rngs=rngs)
 
     def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
-        # The colour of a query strand that has passed under every cached strand. Kept in
-        # float32 whatever the activation dtype: it is a running sum over the whole prefix.
+        # The mean colour of the braid's strands and how many there are (the new strand's pull
+        # on the old ones scales with their number). Float32 whatever the activation dtype: it
+        # summarises the whole prefix.
         g, k = self.dims.n_kv_heads, self.dims.head_dim
-        return {"colour": jnp.zeros((batch, g, k, k), jnp.float32)}
+        return {"colour": jnp.zeros((batch, g, k, k), jnp.float32), "strands": jnp.zeros((batch,), jnp.float32)}
 
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape
         q, kk, v, log_t = _features(self, x_BxTxD, positions_BxT)
         self.sow(nnx.Intermediate, "crossing_t", jnp.mean(jnp.exp(log_t)))
-        g, k = self.dims.n_kv_heads, self.dims.head_dim
-        x0 = jnp.zeros((b, g, k, k), jnp.float32) if cache is None else cache["colour"]
-        y_BxTxGxRxK, colour = braid_scan(q, kk, v, log_t, x0, self.cfg.chunk)
-        y = (y_BxTxGxRxK * k ** -0.5).astype(x_BxTxD.dtype)
+        fresh = self.init_cache(b) if cache is None else cache
+        y_BxTxGxRxK, colour = braid_scan(q, kk, v, log_t, fresh["colour"], fresh["strands"], self.cfg.chunk)
+        y = (y_BxTxGxRxK * self.dims.head_dim ** -0.5).astype(x_BxTxD.dtype)
         out = self.wo(y.reshape(b, t, -1))
-        return out, (None if cache is None else {"colour": colour})
+        return out, (None if cache is None else {"colour": colour, "strands": fresh["strands"] + t})

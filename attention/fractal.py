@@ -1,19 +1,23 @@
-"""Fractal attention: the kernel is the probability that a query and a key take the same IFS path.
+"""Fractal attention: the kernel is the probability that a query and a key take the same
+root-to-leaf path down one IFS tree.
 
-Math: a router of d levels sends a vector x down an m-ary tree of iterated-function-system
-branches: level l picks branch a with probability r_l(x)[a] = softmax(W_l x / τ)[a]. For a query
-and a key routed independently, the probability that they follow the same path (address) is
-κ(q, k) = Σ_{w ∈ [m]^d} Π_l r_l(q)[w_l]·r_l(k)[w_l] = Π_l ⟨r_l(q), r_l(k)⟩ = ⟨φ(q), φ(k)⟩ with
-φ(x) = r_1(x) ⊗ … ⊗ r_d(x) ∈ R^{m^d}, the distribution over the m^d addresses. Attention is
-y_i = Σ_{j<=i} κ(q_i, k_j) v_j / (Σ_{j<=i} κ(q_i, k_j) + ε). Since κ is an explicit feature dot
+Math: an iterated function system f_a(x) = s·x + (1 − s)·c_a on m learned anchors c_a defines an
+m-ary tree of cylinders F_w(hull), F_w = f_{w_1} ∘ … ∘ f_{w_l} (attention/ifs.py). A router
+descends it: at the node w = w_1..w_{l−1} reached so far it routes the point at the child's
+scale, F_w^{-1}(x) = (x − F_w(0))/s^{l−1}, with level l's linear router, so branch a is taken
+with probability softmax_a(W_l·(x − F_w(0))/τ) (the s^{l−1} is folded into W_l). The branch
+taken at level l therefore conditions level l+1; with s → 1 the corners F_w(0) vanish and the
+levels would be independent. P_x(w) = Π_l of those conditional probabilities is a distribution
+over the m^d leaves, and for a query and a key routed independently the chance of the same
+path is κ(q, k) = Σ_w P_q(w)·P_k(w) = ⟨φ(q), φ(k)⟩ with φ(x) = (P_x(w))_w ∈ R^{m^d}. Attention is
+y_i = Σ_{j≤i} κ(q_i, k_j) v_j / (Σ_{j≤i} κ(q_i, k_j) + ε). Since κ is an explicit feature dot
 product, causal attention is linear attention: prefix sums of φ(k_j) ⊗ v_j, O(T·m^d·K) time.
-Claimed benefit: a positive, normalised, hierarchical (address-based) kernel with linear time in
+Claimed benefit: a positive, normalised, hierarchical (tree-address) kernel with linear time in
 T and an O(1)-per-token decoding state. See markdown_documentation/fractal.md.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import jax
@@ -21,18 +25,22 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention.base import AlgebraConfig, AttentionDims, Dense, QKVProjection, pairwise_flops, require
+from attention.ifs import cylinder_corners, inverse_map
 from attention.registry import register
 
 
 @dataclass(frozen=True, kw_only=True)
 class FractalConfig(AlgebraConfig):
-    """branches m and levels d of the router tree (m^d path features); temperature τ of each
-    level's softmax; eps added to the normaliser; rope: rotary positions on q and k before routing
-    (off by default: the address should depend on content, causal order already gives position);
-    chunk: tokens per block of the chunked prefix sums (a speed knob; the output does not depend on it)."""
+    """branches m and levels d of the router tree (m^d path features); contraction s ∈ (0, 1) of
+    the IFS maps (how far the corner of a deep cylinder moves with each symbol; s → 1 would make
+    the levels independent); temperature τ of each level's softmax; eps added to the normaliser;
+    rope: rotary positions on q and k before routing (off by default: the address should depend
+    on content, causal order already gives position); chunk: tokens per block of the chunked
+    prefix sums (a speed knob; the output does not depend on it)."""
 
     branches: int = 4
     levels: int = 2
+    contraction: float = 0.5
     temperature: float = 1.0
     eps: float = 1e-6
     rope: bool = False
@@ -43,6 +51,7 @@ class FractalConfig(AlgebraConfig):
         require(self.levels >= 1, f"fractal levels must be >= 1, got {self.levels}")
         require(self.branches ** self.levels <= 4096,
                 f"fractal branches**levels = {self.branches ** self.levels} path features is too many (max 4096)")
+        require(0.0 < self.contraction < 1.0, f"fractal contraction must lie in (0, 1), got {self.contraction}")
         require(self.temperature > 0, f"fractal temperature must be > 0, got {self.temperature}")
         require(self.eps > 0, f"fractal eps must be > 0, got {self.eps}")
         require(self.chunk >= 1, f"fractal chunk must be >= 1 token, got {self.chunk}")
@@ -52,32 +61,25 @@ class FractalConfig(AlgebraConfig):
         return self.branches ** self.levels
 
 
-def route(logits_xLxm, temperature: float):
-    """Per-level branch probabilities r_l = softmax(logits_l / τ), in float32."""
-    return jax.nn.softmax(logits_xLxm.astype(jnp.float32) / temperature, axis=-1)
+def node_logits(u_xLxm, kernel_KxLxm, anchors_mxK, s: float):
+    """Level l's branch logits at every node w of depth l: W_l·(x − F_w(0)) = u_l − W_l·F_w(0),
+    a list over levels of `[..., m^l, m]` (nodes in address order). `u` = W_l·x for every level;
+    the corner logits W_l·F_w(0) depend on the parameters only, so they are computed once."""
+    out = []
+    for level in range(u_xLxm.shape[-2]):  # a loop over the (few, static) levels, never positions
+        corner_logits = cylinder_corners(anchors_mxK, s, level) @ kernel_KxLxm[:, level, :]
+        out.append(u_xLxm[..., level, None, :] - corner_logits)
+    return out
 
 
-def path_features(r_xLxm):
-    """φ = r_1 ⊗ … ⊗ r_d flattened to m^d: entry w = w_1·m^(d-1) + … + w_d is P(address w).
-
-    A loop over levels (d is a small static knob), never over positions.
-    """
-    phi = r_xLxm[..., 0, :]
-    for level in range(1, r_xLxm.shape[-2]):
-        phi = (phi[..., :, None] * r_xLxm[..., level, None, :]).reshape(*phi.shape[:-1], -1)
+def path_features(logits_per_level, temperature: float):
+    """φ[w] = Π_l softmax(logits_l[w_<l] / τ)[w_l]: the probability of each root-to-leaf path,
+    `[..., m^d]`, entry w = w_1·m^(d−1) + … + w_d (first level most significant). Float32."""
+    phi = None
+    for logits in logits_per_level:
+        p_xNxm = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+        phi = p_xNxm[..., 0, :] if phi is None else (phi[..., :, None] * p_xNxm).reshape(*p_xNxm.shape[:-2], -1)
     return phi
-
-
-def path_kernel_enumerated(rq_xLxm, rk_xLxm):
-    """κ by brute force: the sum over all m^d addresses of P_q(w)·P_k(w). Slow; for tests/reference."""
-    levels, m = rq_xLxm.shape[-2:]
-    total = 0.0
-    for w in itertools.product(range(m), repeat=levels):
-        p = 1.0
-        for level, a in enumerate(w):
-            p = p * rq_xLxm[..., level, a] * rk_xLxm[..., level, a]
-        total = total + p
-    return total
 
 
 def prefix_sum_attention(phi_q_BxTxGxRxF, phi_k_BxTxGxF, v_BxTxGxK, state, eps: float):
@@ -132,47 +134,70 @@ def chunked_linear_attention(phi_q_BxTxGxRxF, phi_k_BxTxGxF, v_BxTxGxK, state, e
     return y, (s_BxNxGxFxK[:, -1], z_BxNxGxF[:, -1])
 
 
+def path_probabilities_by_descent(module: "FractalAttention", x_xK):
+    """P_x(w) for every address w `[..., m^d]`, by walking down the tree level by level: the
+    points reached at depth l (one per node, F_w^{-1}(x): each child is its parent's point under
+    the inverse IFS map of its branch) go through the module's router at scale s^l, and a child's
+    probability is its parent's times the branch's. Slow (it routes m^l points per level); for the
+    reference."""
+    cfg = module.cfg
+    m, d, s = cfg.branches, cfg.levels, cfg.contraction
+    points_xNxK = x_xK.astype(jnp.float32)[..., None, :]  # the root: x itself
+    probs_xN = jnp.ones(points_xNxK.shape[:-1], jnp.float32)
+    for level in range(d):
+        logits = s ** level * module.router(points_xNxK).reshape(*points_xNxK.shape[:-1], d, m)[..., level, :]
+        probs_xN = (probs_xN[..., None] * jax.nn.softmax(logits / cfg.temperature, axis=-1)).reshape(
+            *x_xK.shape[:-1], -1)
+        children = inverse_map(points_xNxK[..., :, None, :], jnp.arange(m), s, module.anchors[...])
+        points_xNxK = children.reshape(*x_xK.shape[:-1], -1, x_xK.shape[-1])
+    return probs_xN
+
+
 def _reference(module: "FractalAttention", x_BxTxD, positions_BxT):
-    """Obviously correct: one query at a time, κ(q_i, k_j) by enumerating every address."""
+    """Obviously correct: path probabilities by walking the tree, κ(q_i, k_j) = Σ_w P_q(w)·P_k(w)
+    for every pair, masked to j <= i and normalised explicitly."""
     q, k, v = module.project(x_BxTxD, positions_BxT)
-    rq_BxTxHxLxm, rk_BxTxGxLxm = module.routes(q, k)
     rep = q.shape[2] // k.shape[2]
-    rk, v = jnp.repeat(rk_BxTxGxLxm, rep, axis=2), jnp.repeat(v, rep, axis=2)
-    outs = []
-    for i in range(x_BxTxD.shape[1]):
-        kappa_BxSxH = path_kernel_enumerated(rq_BxTxHxLxm[:, i:i + 1], rk)
-        ok_BxSx1 = (positions_BxT <= positions_BxT[:, i:i + 1])[..., None]
-        kappa_BxSxH = jnp.where(ok_BxSx1, kappa_BxSxH, 0.0)
-        w_BxSxH = kappa_BxSxH / (jnp.sum(kappa_BxSxH, axis=1, keepdims=True) + module.cfg.eps)
-        outs.append(jnp.einsum("bsh,bshk->bhk", w_BxSxH, v))
-    y = jnp.stack(outs, axis=1).astype(x_BxTxD.dtype)
+    pq_BxTxHxF = path_probabilities_by_descent(module, q)
+    pk_BxSxHxF = jnp.repeat(path_probabilities_by_descent(module, k), rep, axis=2)
+    kappa_BxTxSxH = jnp.einsum("bthf,bshf->btsh", pq_BxTxHxF, pk_BxSxHxF)
+    visible_BxTxS = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+    kappa_BxTxSxH = jnp.where(visible_BxTxS[..., None], kappa_BxTxSxH, 0.0)
+    w_BxTxSxH = kappa_BxTxSxH / (jnp.sum(kappa_BxTxSxH, axis=2, keepdims=True) + module.cfg.eps)
+    y = jnp.einsum("btsh,bshk->bthk", w_BxTxSxH, jnp.repeat(v, rep, axis=2)).astype(x_BxTxD.dtype)
     return module.wo(y.reshape(*y.shape[:2], -1))
 
 
 def _flops(dims: AttentionDims, cfg: FractalConfig, seq_len: int) -> float:
-    # Projections; the router (K -> d·m) on H query and G key heads plus ~4 ops per softmax
-    # entry and one multiply per feature per level; per query head the in-chunk kernel and its
+    # Projections; the router (K -> d·m) on H query and G key heads, and at every node of the
+    # tree (m + m² + … + m^d logits) the corner subtraction, ~4 ops of softmax and the multiply
+    # into the path probabilities; per query head the in-chunk kernel and its
     # aggregation over the whole C x C block (2·C·F + 2·C·K, plus mask and row sum), the read of
     # the earlier chunks' state (2·F·K + 2·F) and the division; per kv head the chunk state
     # φ(k)ᵀv (2·F·K + F). The prefix sum over the T/C chunk states is O(F·K/C) and left out.
     h, g, kd = dims.n_heads, dims.n_kv_heads, dims.head_dim
     f, lm, c = cfg.features, cfg.levels * cfg.branches, min(cfg.chunk, seq_len)
-    router = (h + g) * (2.0 * kd * lm + 4.0 * lm + f * (cfg.levels - 1))
+    nodes = sum(cfg.branches ** (level + 1) for level in range(cfg.levels))
+    router = (h + g) * (2.0 * kd * lm + 6.0 * nodes)
     read = h * (c * (2.0 * f + 2.0 * kd + 2.0) + 2.0 * f * kd + 2.0 * f + kd)
     state = g * (2.0 * f * kd + f)
     return pairwise_flops(dims, seq_len) + router + read + state
 
 
 @register("fractal", config_cls=FractalConfig, flops_per_token=_flops, reference=_reference,
-          description="IFS path-probability kernel Π_l⟨r_l(q), r_l(k)⟩ as causal linear attention")
+          relative_positions=True,
+          description="same-path probability down an IFS routing tree, ⟨φ(q), φ(k)⟩, as causal linear attention")
 class FractalAttention(nnx.Module):
     def __init__(self, dims: AttentionDims, cfg: FractalConfig, *, rngs: nnx.Rngs):
         cfg.validate(dims)
         self.dims, self.cfg = dims, cfg
         self.qkv = QKVProjection(dims, rngs=rngs)
-        # One router shared by queries and keys (the kernel is P(same path) under the same IFS)
-        # and by all heads; the heads differ through their q/k projections.
+        # One tree shared by queries and keys (the kernel is P(same path) in the same tree) and
+        # by all heads; the heads differ through their q/k projections. `router` holds W_l for
+        # every level; the anchors are the IFS's fixed points, on the scale of the QK-normed
+        # vectors (norm ~√K), so corners and points are comparable at initialisation.
         self.router = Dense(dims.head_dim, cfg.levels * cfg.branches, rngs=rngs)
+        self.anchors = nnx.Param(jax.random.normal(rngs.params(), (cfg.branches, dims.head_dim), jnp.float32))
         self.wo = Dense(dims.n_heads * dims.head_dim, dims.d_model, rngs=rngs)
 
     def init_cache(self, batch: int, dtype=jnp.float32) -> dict:
@@ -185,26 +210,29 @@ class FractalAttention(nnx.Module):
         q, k, v = self.qkv(x_BxTxD, positions_BxT, rope=self.cfg.rope)
         return q, k, v.astype(jnp.float32)
 
-    def routes(self, q_BxTxHxK, k_BxTxGxK):
-        """Per-level branch probabilities `[..., d, m]` of queries and keys (float32)."""
-        cfg = self.cfg
+    def tree_logits(self, x_xK):
+        """Branch logits at every node of the tree, a list over levels of `[..., m^l, m]`."""
+        cfg, kd = self.cfg, self.dims.head_dim
+        u_xLxm = self.router(x_xK).astype(jnp.float32).reshape(*x_xK.shape[:-1], cfg.levels, cfg.branches)
+        kernel_KxLxm = self.router.kernel[...].reshape(kd, cfg.levels, cfg.branches)
+        return node_logits(u_xLxm, kernel_KxLxm, self.anchors[...], cfg.contraction)
 
-        def r(x):
-            return route(self.router(x).reshape(*x.shape[:-1], cfg.levels, cfg.branches), cfg.temperature)
-
-        return r(q_BxTxHxK), r(k_BxTxGxK)
+    def path_probabilities(self, x_xK):
+        """φ(x) `[..., m^d]`: the probability of each root-to-leaf path (float32)."""
+        return path_features(self.tree_logits(x_xK), self.cfg.temperature)
 
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape
         dm, cfg = self.dims, self.cfg
         g, r = dm.n_kv_heads, dm.n_heads // dm.n_kv_heads
         q, k, v = self.project(x_BxTxD, positions_BxT)
-        rq, rk = self.routes(q, k)
-        ent_BxTxH = -jnp.mean(jnp.sum(rq * jnp.log(rq + 1e-30), axis=-1), axis=-1)
+        phi_q_BxTxHxF, phi_k = self.path_probabilities(q), self.path_probabilities(k)
+        # Mean per-level routing entropy of the queries: H(path)/d, by the chain rule the mean
+        # over levels of the entropy of a level's branch given the node reached.
+        ent_BxTxH = -jnp.sum(phi_q_BxTxHxF * jnp.log(phi_q_BxTxHxF + 1e-30), axis=-1) / cfg.levels
         self.sow(nnx.Intermediate, "route_entropy", jax.lax.stop_gradient(ent_BxTxH),
                  reduce_fn=lambda _, new: new, init_fn=lambda: None)
-        phi_q = path_features(rq).reshape(b, t, g, r, cfg.features)
-        phi_k = path_features(rk)
+        phi_q = phi_q_BxTxHxF.reshape(b, t, g, r, cfg.features)
         state = (cache["s"], cache["z"]) if cache is not None else (
             jnp.zeros((b, g, cfg.features, dm.head_dim), jnp.float32), jnp.zeros((b, g, cfg.features), jnp.float32))
         y, (s_new, z_new) = chunked_linear_attention(phi_q, phi_k, v, state, cfg.eps, cfg.chunk)

@@ -1,14 +1,15 @@
-"""Iterated function systems: the geometry behind fractal attention's routing addresses.
+"""Iterated function systems: the geometry behind fractal attention's routing tree.
 
 An IFS on m anchors c_0..c_{m-1} uses the contractions f_a(x) = s·x + (1 - s)·c_a (0 < s < 1).
 Each f_a has the unique fixed point c_a, and the attractor is the set of limits of F_w(x) for
 infinite addresses w, where F_{w1..wn} = f_{w1} ∘ … ∘ f_{wn} (the first symbol is the coarsest
 level, as in fractal attention's router). F_w is a similarity with ratio s^n, so every point
 with address prefix w lies in F_w(hull), a set of diameter s^n·diam(hull); with s < 1/2 and
-simplex anchors, cylinders of distinct addresses are separated. A router's per-level
-probabilities r_l give a "soft address": the expected point Σ_w P(w)·F_w(x0), which is linear in
-the r_l and so costs O(d·m) instead of O(m^d). Pure numpy-compatible jax functions, used by the
-fractal tests and demos. See markdown_documentation/fractal.md.
+simplex anchors, cylinders of distinct addresses are separated. Descending the tree is the
+inverse: a point in the cylinder of w is F_w(y), and F_w^{-1}(x) = f_{wn}^{-1}(… f_{w1}^{-1}(x))
+= (x − F_w(0))/s^n is where it sits at the child's scale; fractal attention's router routes that
+point at every level. Pure jax functions (numpy inputs work too), used by fractal attention, its
+tests and its demo. See markdown_documentation/fractal.md.
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ def address_point(address: Sequence[int], s: float, anchors, x0=None):
     return out
 
 
-def expected_point(r_Lxm, s: float, anchors, x0=None):
-    """Σ over all m^L paths w of P(w)·F_w(x0), for independent levels P(w) = Π_l r_l[w_l].
+def inverse_map(x, a: int, s: float, anchors):
+    """f_a^{-1}(x) = (x − (1 − s)·c_a)/s: zoom from the cylinder of symbol a back to full scale."""
+    return (x - (1.0 - s) * anchors[a]) / s
 
-    F_w(x0) is affine in each symbol's anchor, so the expectation only needs each level's mean
-    anchor r_l @ anchors: O(L·m) work for an m^L-path mixture.
-    """
-    x0 = jnp.mean(anchors, axis=0) if x0 is None else x0
-    levels = r_Lxm.shape[-2]
-    scale = (1.0 - s) * s ** jnp.arange(levels, dtype=jnp.float32)
-    return s ** levels * x0 + jnp.einsum("...l,...lm,md->...d", scale, r_Lxm, anchors)
+
+def cylinder_corners(anchors, s: float, depth: int):
+    """F_w(0) for every address w of length `depth`, as `[m^depth, dim]` rows in address order
+    (first symbol most significant): F_{wa}(0) = F_w(0) + s^{|w|}·(1 − s)·c_a. A loop over
+    levels (a small static depth), building all m^depth corners at once. numpy in, numpy out."""
+    corners = 0.0 * anchors[:1]
+    for level in range(depth):
+        corners = (corners[:, None, :] + (1.0 - s) * s ** level * anchors[None]).reshape(-1, anchors.shape[-1])
+    return corners
 
 
 def diameter(points_Nxd) -> jnp.ndarray:

@@ -1,9 +1,9 @@
 """Pure helpers for braid attention: the labelled Alexander quandle, its crossings, the braid
 group action on tuples of strands, and the affine maps that crossings compose into.
 
-An element (a "strand colour") is a pair (x, t): a colour x in a module M (here arrays) and a
-label t, an invertible element acting elementwise on x (a per-channel diagonal, so all labels
-commute). The operation
+An element (a "strand") is a pair (x, t): a colour x in a module M (here arrays) and a label t,
+an invertible element acting elementwise on x (a per-channel diagonal, so all labels commute).
+The operation
 
     (x, s) ◁ (y, u) = (u·x + (1 − u)·y, s)
 
@@ -17,9 +17,6 @@ Every helper works on jax or numpy arrays; labels must broadcast against colours
 """
 
 from __future__ import annotations
-
-import jax
-import jax.numpy as jnp
 
 
 def alexander(x, y, t):
@@ -57,7 +54,8 @@ def crossing_inverse(a, b):
 def sigma(strands, i, inverse=False):
     """Braid generator σ_i (0-based: strands i and i+1 cross) acting on a tuple of strands.
 
-    σ_i: (…, p_i, p_{i+1}, …) ↦ (…, p_{i+1}, p_i ◁ p_{i+1}, …); σ_i^{-1} undoes it.
+    σ_i: (…, p_i, p_{i+1}, …) ↦ (…, p_{i+1}, p_i ◁ p_{i+1}, …): the right strand moves left over
+    the left one, which is recoloured by it. σ_i^{-1} undoes it.
     """
     out = list(strands)
     f = crossing_inverse if inverse else crossing
@@ -72,9 +70,16 @@ def braid_word(strands, word):
     return strands
 
 
-def crossing_map(y, t):
-    """The affine map x ↦ x ◁ y = a·x + b of passing under strand (y, t), as (a, b) = (t, (1 − t)·y)."""
-    return t, (1 - t) * y
+def inverse_word(word):
+    """The word of the inverse braid: the generators reversed, each inverted."""
+    return [-g - 1 for g in reversed(word)]
+
+
+def arrival_word(n: int):
+    """The braid braid attention builds from n strands: strand j+1 arrives on the right and moves
+    left over strands j, …, 1 (σ_j σ_{j−1} ⋯ σ_1, 0-based σ_{j-1} … σ_0), for j = 1..n−1. This
+    is one word for the half twist Δ_n."""
+    return [g for j in range(1, n) for g in range(j - 1, -1, -1)]
 
 
 def affine_compose(first, second):
@@ -84,24 +89,3 @@ def affine_compose(first, second):
     """
     (a1, b1), (a2, b2) = first, second
     return a1 * a2, a2 * b1 + b2
-
-
-def scan_crossings(a, b, axis=0):
-    """Prefix compositions of the affine maps (a_j, b_j) along `axis` (inclusive): the map
-    that takes a strand under strands 0..j in order, for every j."""
-    return jax.lax.associative_scan(affine_compose, (a, b), axis=axis)
-
-
-def apply_affine(f, x):
-    a, b = f
-    return a * x + b
-
-
-def sequential_crossings(x0, ys, ts):
-    """Obviously correct: strand x0 passes under strands (ys[j], ts[j]) one at a time; returns
-    its colour after each crossing (stacked on axis 0)."""
-    x, out = x0, []
-    for y, t in zip(ys, ts):
-        x = alexander(x, y, t)
-        out.append(x)
-    return jnp.stack(out)

@@ -1,6 +1,9 @@
-"""Properties of fractal attention: the kernel is the same-path probability of an IFS router, the
-attention weights are positive and normalised, the chunked fast path equals the prefix-sum form
-(for any chunk and any prefill split), and the IFS geometry behind the addresses holds."""
+"""Fractal attention as the decoder builds it: the registered module's kernel is the probability
+that q and k take the same root-to-leaf path down its IFS tree (brute force over the m^d
+addresses, in float64, independent of the module's code), its path features are a distribution,
+the tree is real (a branch's child routing moves only the paths under it), a sharp router reads
+IFS addresses, and the module is causal and continues from an O(1) cache across chunks. Then the
+linear-attention core for any features. The IFS geometry itself is in test_fractal_ifs.py."""
 
 import itertools
 
@@ -12,211 +15,194 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from attention import ifs
+import attention
 from attention.base import AttentionDims
-from attention.fractal import (FractalAttention, FractalConfig, _reference, chunked_linear_attention,
-                               path_features, path_kernel_enumerated, prefix_sum_attention, route)
+from attention.fractal import FractalConfig, chunked_linear_attention, prefix_sum_attention
 from core.errors import MgrError
 
-SETTINGS = settings(max_examples=15, deadline=None)
-EPS = 1e-6
+B, T, EPS = 2, 8, 1e-6
+DIMS = AttentionDims(d_model=16, n_heads=2, n_kv_heads=1, head_dim=8, max_seq_len=16)
+CFG = FractalConfig(branches=3, levels=3, temperature=0.7, chunk=3)  # 27 paths; T = 8 is 3 chunks
+POS = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
 
 
-def arr(shape, lo=-4.0, hi=4.0):
-    return hnp.arrays(np.float32, shape, elements=st.floats(lo, hi, width=32))
+def build(cfg, dims=DIMS, seed=0):
+    """The registered module with a jitted call (with a cache) and jitted path features, the very
+    method its __call__ applies to q and k."""
+    module = attention.get("fractal").module_cls(dims, cfg, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split(module)
+    call = jax.jit(lambda x, pos, cache: nnx.merge(graphdef, state)(x, pos, cache))
+    paths = jax.jit(lambda st, x: nnx.merge(graphdef, st).path_probabilities(x))
+    return module, call, paths
 
 
-@st.composite
-def routed_pair(draw):
-    """Router probabilities of a query and a key for a random tree shape (m branches, d levels)."""
-    m, d = draw(st.integers(2, 4)), draw(st.integers(1, 3))
-    tau = draw(st.floats(0.3, 3.0))
-    return route(jnp.asarray(draw(arr((d, m)))), tau), route(jnp.asarray(draw(arr((d, m)))), tau)
+@pytest.fixture(scope="module")
+def fractal():
+    return build(CFG)
 
 
-@SETTINGS
-@given(routed_pair())
-def test_kernel_is_the_same_path_probability(pair):
-    rq, rk = pair
-    d, m = rq.shape
-    phi_q, phi_k = path_features(rq), path_features(rk)
-    assert phi_q.shape == (m ** d,)
-    # φ is the distribution over addresses, indexed with the first level most significant.
-    np.testing.assert_allclose(jnp.sum(phi_q), 1.0, rtol=1e-5)
-    for w in itertools.islice(itertools.product(range(m), repeat=d), 7):
-        index = sum(a * m ** (d - 1 - lvl) for lvl, a in enumerate(w))
-        np.testing.assert_allclose(phi_q[index], np.prod([rq[lvl, a] for lvl, a in enumerate(w)]), rtol=1e-5)
-    kappa = jnp.dot(phi_q, phi_k)
-    np.testing.assert_allclose(kappa, path_kernel_enumerated(rq, rk), rtol=1e-5)
-    np.testing.assert_allclose(kappa, jnp.prod(jnp.sum(rq * rk, axis=-1)), rtol=1e-5)
-    assert 0.0 < float(kappa) <= 1.0
+def brute_force_paths(module, x_NxK):
+    """P_x(w) for every address w, float64: walk down the tree, routing at each level the point
+    zoomed into the cylinder reached, (point − (1 − s)·c_a)/s after taking branch a, at scale s^l."""
+    cfg = module.cfg
+    m, d, s = cfg.branches, cfg.levels, cfg.contraction
+    w_KxLxm = np.asarray(module.router.kernel[...], np.float64).reshape(-1, d, m)
+    anchors = np.asarray(module.anchors[...], np.float64)
+    out = []
+    for address in itertools.product(range(m), repeat=d):
+        point, p = np.asarray(x_NxK, np.float64), 1.0
+        for level, a in enumerate(address):
+            z = s ** level * point @ w_KxLxm[:, level] / cfg.temperature
+            z = np.exp(z - z.max(-1, keepdims=True))
+            p = p * z[:, a] / z.sum(-1)
+            point = (point - (1 - s) * anchors[a]) / s
+        out.append(p)
+    return np.stack(out, -1)
 
 
-def features(logits_q, logits_k, d, m, tau=1.0):
-    """φ of a [T, H=1] query stream and [T, G=1] key stream, shaped for the attention functions."""
-    t = logits_q.shape[0]
-    phi_q = path_features(route(jnp.asarray(logits_q).reshape(t, d, m), tau))
-    phi_k = path_features(route(jnp.asarray(logits_k).reshape(t, d, m), tau))
-    return phi_q.reshape(1, t, 1, 1, -1), phi_k.reshape(1, t, 1, -1)
+def test_module_kernel_is_the_same_path_probability(fractal):
+    """κ(q, k) = Σ_w P_q(w)·P_k(w) by brute force, and the module's output is exactly causal
+    attention with that kernel (through its own q, k, v and wo), over three chunks."""
+    module, call, paths = fractal
+    x = jax.random.normal(jax.random.key(1), (B, T, DIMS.d_model))
+    q, k, v = (np.asarray(a, np.float64) for a in module.project(x, POS))
+    pq = brute_force_paths(module, q.reshape(-1, q.shape[-1])).reshape(*q.shape[:-1], -1)
+    pk = brute_force_paths(module, k.reshape(-1, k.shape[-1])).reshape(*k.shape[:-1], -1)
+    np.testing.assert_allclose(paths(nnx.state(module), jnp.asarray(q, jnp.float32)), pq, atol=1e-6)
+    kappa = np.einsum("bthf,bsf->bhts", pq, pk[:, :, 0])  # one kv head
+    kappa = np.where(np.tril(np.ones((T, T), bool)), kappa, 0.0)
+    y = np.einsum("bhts,bsk->bthk", kappa / (kappa.sum(-1, keepdims=True) + EPS), v[:, :, 0])
+    want = module.wo(jnp.asarray(y.reshape(B, T, -1), jnp.float32))
+    np.testing.assert_allclose(call(x, POS, module.init_cache(B))[0], want, atol=2e-5, rtol=1e-4)
 
 
-def zero_state(f, k):
-    return jnp.zeros((1, 1, f, k)), jnp.zeros((1, 1, f))
+@settings(max_examples=15, deadline=None)
+@given(hnp.arrays(np.float32, (6, DIMS.head_dim), elements=st.floats(-4, 4, width=32)), st.floats(0.1, 100.0))
+def test_path_probabilities_are_a_distribution(fractal, x, scale):
+    module, _, paths = fractal
+    phi = np.asarray(paths(nnx.state(module), jnp.asarray(x * scale)), np.float64)
+    assert phi.shape == (6, CFG.features) and phi.min() >= 0.0
+    np.testing.assert_allclose(phi.sum(-1), 1.0, atol=1e-5)
 
 
-T, D_, M_ = 7, 2, 3  # tokens, levels, branches for the attention-level tests
+def test_the_tree_is_real(fractal):
+    """Moving anchor c_a (the IFS map of branch a, which places the children of a node reached
+    through a) changes the paths under a and leaves every path whose first d−1 symbols avoid a,
+    and the first level's distribution, unchanged; and a level's routing depends on the branch
+    taken above it (an independent per-level router would make φ a product)."""
+    module, _, paths = fractal
+    m, d = CFG.branches, CFG.levels
+    x = jax.random.normal(jax.random.key(2), (16, DIMS.head_dim))
+    phi = np.asarray(paths(nnx.state(module), x)).reshape(16, *[m] * d)
+    a, moved = 1, nnx.clone(module)
+    moved.anchors.value = moved.anchors.value.at[a].add(1.5)
+    phi2 = np.asarray(paths(nnx.state(moved), x)).reshape(16, *[m] * d)
+    avoid = np.array([a not in w[:-1] for w in itertools.product(range(m), repeat=d)]).reshape([m] * d)
+    np.testing.assert_allclose(phi2[:, avoid], phi[:, avoid], atol=1e-6)
+    np.testing.assert_allclose(phi2.sum(axis=(2, 3)), phi.sum(axis=(2, 3)), atol=1e-6)
+    assert np.abs(phi2[:, a] - phi[:, a]).max() > 1e-2
+    level2_given_1 = phi.sum(axis=3) / phi.sum(axis=(2, 3))[..., None]  # P(w_2 | w_1)
+    assert np.abs(level2_given_1[:, 0] - level2_given_1[:, 2]).max() > 1e-2
 
 
-@SETTINGS
-@given(arr((T, D_ * M_)), arr((T, D_ * M_)), st.integers(1, 9))
-def test_weights_are_positive_causal_and_rows_sum_to_one(lq, lk, chunk):
-    """Feeding the identity as values (v_j = e_j) makes the output row i the weight row w_i·."""
-    phi_q, phi_k = features(lq, lk, D_, M_)
-    v = jnp.eye(T).reshape(1, T, 1, T)
-    w, _ = chunked_linear_attention(phi_q, phi_k, v, zero_state(M_ ** D_, T), EPS, chunk)
-    w = np.asarray(w[0, :, 0, 0])
-    kappa = np.asarray(phi_q[0, :, 0, 0] @ phi_k[0, :, 0].T)
-    expect = np.tril(kappa) / (np.sum(np.tril(kappa), axis=1, keepdims=True) + EPS)
-    np.testing.assert_allclose(w, expect, rtol=1e-4, atol=1e-6)
-    assert np.all(w[np.tril_indices(T)] > 0)  # every visible key gets positive weight
-    np.testing.assert_array_equal(np.triu(w, 1), 0.0)  # and no future key gets any
-    # Rows sum to Σκ/(Σκ + ε): one, up to the ε bias, which is at most ε/Σκ.
-    mass = np.sum(np.tril(kappa), axis=1)
-    assert np.all(np.abs(w.sum(axis=1) - 1.0) <= EPS / mass + 1e-5)
+def test_a_sharp_router_reads_ifs_addresses():
+    """With simplex anchors, s < 1/2 and each level's router reading the anchor coordinates, the
+    descent decodes the address: a point F_w(z) of the cylinder of w (z in the hull) takes path w
+    with probability ~1. Routing x itself at every level (no zoom) would read w_1 d times."""
+    m, d, s = 4, 3, 0.3
+    cfg = FractalConfig(branches=m, levels=d, contraction=s, temperature=1e-3)
+    module, _, paths = build(cfg)
+    simplex = jnp.eye(m, DIMS.head_dim)  # anchors e_0..e_{m-1}, in the first m of the K coordinates
+    module.anchors.value = simplex
+    module.router.kernel.value = jnp.tile(simplex.T, (1, d))  # every level's logits: those coordinates
+    rng = np.random.default_rng(0)
+    addresses = rng.integers(0, m, size=(32, d))
+    z = rng.dirichlet(np.ones(m), size=32)
+    anchors = np.eye(m, DIMS.head_dim)
+    x = np.stack([s ** d * z[i] @ anchors + sum((1 - s) * s ** l * anchors[w] for l, w in enumerate(addresses[i]))
+                  for i in range(32)])  # F_w(z) in closed form
+    phi = np.asarray(paths(nnx.state(module), jnp.asarray(x, jnp.float32)))
+    index = addresses @ (m ** np.arange(d - 1, -1, -1))
+    assert phi[np.arange(32), index].min() > 0.99
 
 
-@SETTINGS
-@given(arr((T, D_ * M_)), arr((T, D_ * M_)), arr((T, 3)), st.integers(1, 9), st.integers(1, T - 1))
-def test_chunked_with_state_equals_prefix_sums(lq, lk, v, chunk, split):
-    """Any chunk size, and a prefill split whose state seeds the rest (the decode cache), give the
-    prefix-sum form y_i = φ(q_i)·S_i / (φ(q_i)·z_i + ε)."""
-    phi_q, phi_k = features(lq, lk, D_, M_)
-    v = jnp.asarray(v).reshape(1, T, 1, 3)
-    st0 = zero_state(M_ ** D_, 3)
-    want, want_state = prefix_sum_attention(phi_q, phi_k, v, st0, EPS)
-    y1, mid = chunked_linear_attention(phi_q[:, :split], phi_k[:, :split], v[:, :split], st0, EPS, chunk)
-    y2, end = chunked_linear_attention(phi_q[:, split:], phi_k[:, split:], v[:, split:], mid, EPS, chunk)
-    np.testing.assert_allclose(jnp.concatenate([y1, y2], axis=1), want, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(end[0], want_state[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(end[1], want_state[1], rtol=1e-5, atol=1e-6)
-
-
-@SETTINGS
-@given(arr((T, D_ * M_)), arr((T, D_ * M_)), arr((T, 3)))
-def test_hot_router_is_the_causal_mean(lq, lk, v):
-    """At a high temperature every address is equally likely, κ = 1/m^d for all pairs, and the
-    output is the running mean of the values."""
-    v = jnp.asarray(v).reshape(1, T, 1, 3)
-    mean = jnp.cumsum(v, axis=1) / jnp.arange(1, T + 1)[None, :, None, None]
-    phi_q, phi_k = features(lq, lk, D_, M_, tau=1e5)
-    y, _ = chunked_linear_attention(phi_q, phi_k, v, zero_state(M_ ** D_, 3), EPS, 4)
-    np.testing.assert_allclose(y[:, :, :, 0], mean, atol=1e-3)
-
-
-def test_sharp_router_attends_to_the_same_address_only():
-    """With near-one-hot routing, keys on another address get (almost) no weight."""
-    lq = np.full((3, D_ * M_), -30.0, np.float32)
-    lk = np.full((3, D_ * M_), -30.0, np.float32)
-    addr = [(0, 1), (2, 0), (0, 1)]  # keys 0 and 2 share query 2's address, key 1 does not
-    for t, w in enumerate(addr):
-        for lvl, a in enumerate(w):
-            lq[t, lvl * M_ + a] = lk[t, lvl * M_ + a] = 30.0
-    phi_q, phi_k = features(lq, lk, D_, M_)
-    v = jnp.asarray([[10.0], [-5.0], [2.0]]).reshape(1, 3, 1, 1)
-    y, _ = chunked_linear_attention(phi_q, phi_k, v, zero_state(M_ ** D_, 1), EPS, 2)
-    np.testing.assert_allclose(y[0, 2, 0, 0, 0], 6.0, atol=1e-4)  # mean of 10 and 2, not of all three
-
-
-def test_module_with_padded_chunks_matches_path_enumeration():
-    """The module's fast path with several (padded) chunks equals the enumerating reference, on
-    values and gradients; the contract suite only sees one chunk at its short lengths."""
-    dims = AttentionDims(d_model=16, n_heads=2, n_kv_heads=1, head_dim=8, max_seq_len=16)
-    m = FractalAttention(dims, FractalConfig(chunk=3, branches=3, levels=2, temperature=0.5), rngs=nnx.Rngs(2))
-    x = jax.random.normal(jax.random.key(3), (2, 7, 16))
-    pos = jnp.broadcast_to(jnp.arange(7, dtype=jnp.int32), (2, 7))
-    np.testing.assert_allclose(m(x, pos)[0], _reference(m, x, pos), atol=2e-5, rtol=2e-4)
-    g_fast = nnx.grad(lambda mod, x: jnp.sum(jnp.sin(mod(x, pos)[0])), argnums=(0, 1))(m, x)
-    g_ref = nnx.grad(lambda mod, x: jnp.sum(jnp.sin(_reference(mod, x, pos))), argnums=(0, 1))(m, x)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+def test_causal_and_continues_from_a_constant_cache(fractal):
+    """Over chunk boundaries: 4 tokens, then 4 more from the cache, equal the full forward; the
+    cache has the same size after 4 and 8 tokens; later inputs never reach earlier outputs; and
+    with rope off (the default) shifting every position changes nothing."""
+    module, call, _ = fractal
+    x = jax.random.normal(jax.random.key(3), (B, T, DIMS.d_model))
+    full, _ = call(x, POS, module.init_cache(B))
+    y0, mid = call(x[:, :4], POS[:, :4], module.init_cache(B))
+    y1, end = call(x[:, 4:], POS[:, 4:], mid)
+    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, atol=1e-5, rtol=1e-4)
+    assert jax.tree.map(jnp.shape, mid) == jax.tree.map(jnp.shape, end)
+    late, _ = call(x.at[:, 4:].add(3.0), POS, module.init_cache(B))
+    np.testing.assert_allclose(late[:, :4], full[:, :4], atol=1e-6)
+    assert float(jnp.max(jnp.abs(late[:, 4:] - full[:, 4:]))) > 1e-3
+    np.testing.assert_allclose(call(x, POS + 13, module.init_cache(B))[0], full, atol=1e-6)
 
 
 def test_config_rejects_impossible_shapes():
     dims = AttentionDims(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=16)
     FractalConfig().validate(dims)
     for bad in (dict(branches=1), dict(levels=0), dict(branches=8, levels=5), dict(temperature=0.0),
-                dict(chunk=0)):
+                dict(chunk=0), dict(contraction=0.0), dict(contraction=1.0)):
         with pytest.raises(MgrError):
             FractalConfig(**bad).validate(dims)
 
 
-# --- the IFS geometry behind the addresses -------------------------------------------------
+# --- the linear-attention core, for any path features -----------------------------------------
 
-S_ = st.floats(0.05, 0.45)
-
-
-def hull_point(m, weights):
-    w = np.abs(np.asarray(weights, np.float32)) + 1e-3
-    return jnp.asarray(w / w.sum()) @ ifs.simplex_anchors(m)
+F_, N_ = 9, 7  # features, tokens
 
 
-@SETTINGS
-@given(st.integers(2, 5), S_, arr((5,), -3, 3), st.integers(1, 12))
-def test_each_map_contracts_to_its_anchor(m, s, x, n):
-    anchors = ifs.simplex_anchors(m)
-    x = jnp.asarray(x[:m])
-    for a in range(m):
-        np.testing.assert_allclose(ifs.ifs_map(anchors[a], a, s, anchors), anchors[a], atol=1e-6)
-        xn = x
-        for _ in range(n):
-            xn = ifs.ifs_map(xn, a, s, anchors)
-        np.testing.assert_allclose(jnp.linalg.norm(xn - anchors[a]), s ** n * jnp.linalg.norm(x - anchors[a]),
-                                   rtol=1e-4, atol=1e-6)
+def features(lq, lk):
+    """Distributions over F_ paths for a [N_, H=1] query stream and a [N_, G=1] key stream."""
+    phi_q, phi_k = jax.nn.softmax(jnp.asarray(lq), -1), jax.nn.softmax(jnp.asarray(lk), -1)
+    return phi_q.reshape(1, N_, 1, 1, F_), phi_k.reshape(1, N_, 1, F_)
 
 
-@SETTINGS
-@given(st.integers(2, 4), S_, st.lists(st.integers(0, 3), min_size=1, max_size=5), arr((4,)), arr((4,)))
-def test_address_cylinders_shrink_by_s_per_level(m, s, address, wx, wy):
-    anchors = ifs.simplex_anchors(m)
-    address = [a % m for a in address]
-    x, y = hull_point(m, wx[:m]), hull_point(m, wy[:m])
-    fx, fy = ifs.compose(address, x, s, anchors), ifs.compose(address, y, s, anchors)
-    np.testing.assert_allclose(fx, ifs.address_point(address, s, anchors, x), atol=1e-6)
-    n = len(address)
-    # F_w is a similarity of ratio s^n, so the cylinder of prefix w has diameter s^n·diam(hull).
-    np.testing.assert_allclose(jnp.linalg.norm(fx - fy), s ** n * jnp.linalg.norm(x - y), rtol=1e-3, atol=1e-6)
-    assert float(jnp.linalg.norm(fx - fy)) <= s ** n * float(ifs.diameter(anchors)) + 1e-6
+def zero_state(k):
+    return jnp.zeros((1, 1, F_, k)), jnp.zeros((1, 1, F_))
 
 
-@SETTINGS
-@given(st.integers(2, 4), S_, st.lists(st.integers(0, 3), min_size=0, max_size=3), st.integers(0, 3),
-       st.integers(1, 3), st.lists(st.integers(0, 3), min_size=2, max_size=2), arr((4,)), arr((4,)))
-def test_distinct_addresses_separate(m, s, prefix, a, shift, tails, wx, wy):
-    """Addresses that first differ at depth j stay >= s^j·((1-s)·gap - s·diam) apart (s < 1/2)."""
-    anchors = ifs.simplex_anchors(m)
-    prefix = [p % m for p in prefix]
-    a, b = a % m, (a + shift) % m
-    if a == b:
-        b = (a + 1) % m
-    u = prefix + [a] + [t % m for t in tails[:1]]
-    w = prefix + [b] + [t % m for t in tails[1:]]
-    x, y = hull_point(m, wx[:m]), hull_point(m, wy[:m])
-    bound = ifs.separation_bound(s, anchors, len(prefix))
-    assert bound > 0
-    assert float(jnp.linalg.norm(ifs.compose(u, x, s, anchors) - ifs.compose(w, y, s, anchors))) >= bound - 1e-6
+_chunked = jax.jit(chunked_linear_attention, static_argnames=("eps", "chunk"))
 
 
-@SETTINGS
-@given(routed_pair(), S_)
-def test_soft_address_is_the_path_mixture(pair, s):
-    """The router's expected attractor point equals the explicit mixture over all m^d addresses."""
-    r, _ = pair
-    d, m = r.shape
-    anchors = ifs.simplex_anchors(m)
-    probs = path_features(r)
-    mix = sum(probs[i] * ifs.address_point(w, s, anchors)
-              for i, w in enumerate(itertools.product(range(m), repeat=d)))
-    np.testing.assert_allclose(ifs.expected_point(r, s, anchors), mix, atol=1e-5)
-    one_hot = jax.nn.one_hot(jnp.argmax(r, axis=-1), m)
-    np.testing.assert_allclose(ifs.expected_point(one_hot, s, anchors),
-                               ifs.address_point([int(i) for i in jnp.argmax(r, axis=-1)], s, anchors), atol=1e-6)
+def arr(shape, lo=-4.0, hi=4.0):
+    return hnp.arrays(np.float32, shape, elements=st.floats(lo, hi, width=32))
+
+
+@pytest.mark.parametrize("chunk", [2, 9])
+@settings(max_examples=10, deadline=None)
+@given(arr((N_, F_)), arr((N_, F_)))
+def test_weights_are_positive_causal_and_rows_sum_to_one(chunk, lq, lk):
+    """Feeding the identity as values (v_j = e_j) makes the output row i the weight row w_i·."""
+    phi_q, phi_k = features(lq, lk)
+    w, _ = _chunked(phi_q, phi_k, jnp.eye(N_).reshape(1, N_, 1, N_), zero_state(N_), eps=EPS, chunk=chunk)
+    w = np.asarray(w[0, :, 0, 0])
+    kappa = np.asarray(phi_q[0, :, 0, 0] @ phi_k[0, :, 0].T)
+    expect = np.tril(kappa) / (np.sum(np.tril(kappa), axis=1, keepdims=True) + EPS)
+    np.testing.assert_allclose(w, expect, rtol=1e-4, atol=1e-6)
+    assert np.all(w[np.tril_indices(N_)] > 0)  # every visible key gets positive weight
+    np.testing.assert_array_equal(np.triu(w, 1), 0.0)  # and no future key gets any
+    # Rows sum to Σκ/(Σκ + ε): one, up to the ε bias, which is at most ε/Σκ.
+    mass = np.sum(np.tril(kappa), axis=1)
+    assert np.all(np.abs(w.sum(axis=1) - 1.0) <= EPS / mass + 1e-5)
+
+
+@pytest.mark.parametrize("chunk,split", [(2, 3), (4, 5)])
+@settings(max_examples=8, deadline=None)
+@given(arr((N_, F_)), arr((N_, F_)), arr((N_, 3)))
+def test_chunked_with_state_equals_prefix_sums(chunk, split, lq, lk, v):
+    """A prefill split whose state seeds the rest (the decode cache), chunked, gives the
+    prefix-sum form y_i = φ(q_i)·S_i / (φ(q_i)·z_i + ε), final state included."""
+    phi_q, phi_k = features(lq, lk)
+    v = jnp.asarray(v).reshape(1, N_, 1, 3)
+    want, want_state = prefix_sum_attention(phi_q, phi_k, v, zero_state(3), EPS)
+    y1, mid = _chunked(phi_q[:, :split], phi_k[:, :split], v[:, :split], zero_state(3), eps=EPS, chunk=chunk)
+    y2, end = _chunked(phi_q[:, split:], phi_k[:, split:], v[:, split:], mid, eps=EPS, chunk=chunk)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], axis=1), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(end[0], want_state[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(end[1], want_state[1], rtol=1e-5, atol=1e-6)
