@@ -62,7 +62,14 @@ class AttentionEntry:
     using the module's own parameters. `block_factory`, when set, replaces the standard
     pre-norm residual block (no shipped algebra needs one yet). `stack_factory`, when set, builds one module for
     a run of consecutive layers of this algebra (reversible uses it: its inversion must span
-    the whole run for activation memory not to grow with depth).
+    the whole run for activation memory not to grow with depth); the contract suite then checks
+    that stack, since it is what the decoder runs, and `reference` takes the stack.
+
+    Capabilities the contract suite checks on the module: `supports_cache` (prefill + decode ==
+    full forward), `relative_positions` (the output is unchanged when every position shifts by
+    the same constant, as RoPE on dot products gives, and distances between positions do move
+    it; or the module reads no position at all, so that even permuting the positions changes
+    nothing) and `invertible` (the module has `inverse(y_BxTxD, positions_BxT) -> x_BxTxD`).
     """
 
     name: str
@@ -72,6 +79,8 @@ class AttentionEntry:
     reference: Callable[..., jax.Array]
     description: str
     supports_cache: bool = True
+    relative_positions: bool = False
+    invertible: bool = False
     block_factory: Callable[..., nnx.Module] | None = None
     stack_factory: Callable[..., nnx.Module] | None = None
     # Forward FLOPs per token of one whole layer (attention + MLP) for algebras whose layer is

@@ -6,11 +6,14 @@ octonion is `[..., 8]` = (a, b), a pair of quaternions (Cayley–Dickson), multi
 numbers of n channels each, consecutive channels forming one number (`[..., M, n]`).
 
 Rotor attention (markdown_documentation/quaternion.md, markdown_documentation/octonion.md):
-scores are Σ_slots Re(q ⊗ conj(k)) / √K (which equals q·k / √K); the value of key j is
-transported by unit numbers before the weighted sum, with the bracketing fixed as
-y_i = q̂_i ⊗ Σ_j p_ij (conj(k̂_j) ⊗ v_j). Left multiplication distributes over the sum, so
-this is one attention over pre-rotated values plus one product per query: O(T²K) like
-standard attention, with no per-pair hypercomplex work.
+scores are Σ_slots Re(q ⊗ conj(k)) / √K (which equals q·k / √K) of the RoPE-rotated q and k;
+the value of key j is transported by unit numbers before the weighted sum, with the bracketing
+fixed as y_i = q̂_i ⊗ Σ_j p_ij (conj(k̂_j) ⊗ v_j), where the rotors q̂, k̂ come from q and k
+BEFORE RoPE. RoPE rotates channel c with channel c + K/2, i.e. across numbers, so rotors built
+after it would depend on absolute positions; built before it, the transport depends on content
+only and the scores on relative positions only, so the layer is shift-invariant in positions.
+Left multiplication distributes over the sum, so this is one attention over pre-rotated values
+plus one product per query: O(T²K) like standard attention, with no per-pair hypercomplex work.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention.base import ProjectedAttention, AttentionDims, update_kv_cache
+from attention.base import ProjectedAttention, AttentionDims, apply_rope, update_kv_cache
 from attention.standard import grouped_softmax_attention
 
 # ----------------------------------------------------------------------------- quaternions
@@ -136,8 +139,11 @@ def pre_rotate(alg: Algebra, k_BxSxGxK, v_BxSxGxK, eps: float):
     return w.reshape(v_BxSxGxK.shape).astype(v_BxSxGxK.dtype)
 
 
-def rotor_attention(alg: Algebra, q_BxTxHxK, k_BxSxGxK, w_BxSxGxK, q_pos_BxT, k_pos_BxS, eps: float):
+def rotor_attention(alg: Algebra, q_BxTxHxK, k_BxSxGxK, w_BxSxGxK, q_pos_BxT, k_pos_BxS, eps: float,
+                    q_rotor_BxTxHxK=None):
     """y_i = q̂_i ⊗ Σ_j p_ij w_j with p = causal softmax(q·k / √K) and w from `pre_rotate`.
+
+    q̂ is the unit form of `q_rotor` (the module passes q before RoPE), or of q when omitted.
 
     q·k summed over a head equals Σ_slots Re(q ⊗ conj(k)), so the scores are a plain grouped
     attention; the query-side product is applied once per query after the weighted sum
@@ -146,7 +152,7 @@ def rotor_attention(alg: Algebra, q_BxTxHxK, k_BxSxGxK, w_BxSxGxK, q_pos_BxT, k_
     values moved by isometries).
     """
     agg_BxTxHxK = grouped_softmax_attention(q_BxTxHxK, k_BxSxGxK, w_BxSxGxK, q_pos_BxT, k_pos_BxS)
-    q_hat = unit(to_slots(q_BxTxHxK, alg.n), eps)
+    q_hat = unit(to_slots(q_BxTxHxK if q_rotor_BxTxHxK is None else q_rotor_BxTxHxK, alg.n), eps)
     y = alg.mul(q_hat, to_slots(agg_BxTxHxK, alg.n).astype(jnp.float32))
     return y.reshape(q_BxTxHxK.shape).astype(q_BxTxHxK.dtype)
 
@@ -158,60 +164,67 @@ def slot_scores(alg: Algebra, q_xK, k_xK):
 
 
 def rotor_attention_reference(alg: Algebra, q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, q_pos_BxT, k_pos_BxS,
-                              eps: float, bracket: str):
-    """Slow, per-pair form: one query position at a time, every (i, j) transport built.
+                              eps: float, bracket: str, rotors=None):
+    """Slow, per-pair form: every (i, j) transport built explicitly, `[B, T, S, H, M, n]`.
 
+    Scores come from q, k; the rotors from `rotors` = (q, k) before RoPE (default: q, k).
     bracket "relative": ((q̂_i ⊗ conj(k̂_j)) ⊗ v_j), the relative rotor first (quaternions,
     where associativity makes it equal to the fast path's bracketing).
     bracket "split": q̂_i ⊗ (conj(k̂_j) ⊗ v_j), the fast path's definition (octonions).
+    All pairs at once rather than a loop over queries: the same arithmetic, but one copy of it
+    to compile (the unrolled loop's gradient took minutes to compile on a cold cache).
     """
     b, t, h, kd = q_BxTxHxK.shape
     rep = h // k_BxSxGxK.shape[2]
+    q_rot, k_rot = (q_BxTxHxK, k_BxSxGxK) if rotors is None else rotors
     k = jnp.repeat(k_BxSxGxK, rep, axis=2).astype(jnp.float32)
-    v = to_slots(jnp.repeat(v_BxSxGxK, rep, axis=2).astype(jnp.float32), alg.n)
-    k_hat_conj = alg.conj(unit(to_slots(k, alg.n), eps))  # [B, S, H, M, n]
-    outs = []
-    for i in range(t):
-        q_i = q_BxTxHxK[:, i].astype(jnp.float32)  # [B, H, K]
-        s_BxSxH = slot_scores(alg, q_i[:, None], k)
-        ok_BxS = k_pos_BxS <= q_pos_BxT[:, i:i + 1]
-        s_BxSxH = jnp.where(ok_BxS[:, :, None], s_BxSxH, -1e30)
-        p_BxSxH = jax.nn.softmax(s_BxSxH, axis=1)
-        q_hat = unit(to_slots(q_i, alg.n), eps)[:, None]  # [B, 1, H, M, n]
-        if bracket == "relative":
-            moved = alg.mul(alg.mul(q_hat, k_hat_conj), v)
-        elif bracket == "split":
-            moved = alg.mul(q_hat, alg.mul(k_hat_conj, v))
-        else:
-            raise ValueError(f"unknown bracket {bracket!r}")
-        outs.append(jnp.einsum("bsh,bshmn->bhmn", p_BxSxH, moved).reshape(b, h, kd))
-    return jnp.stack(outs, axis=1).astype(q_BxTxHxK.dtype)
+    s_BxTxSxH = slot_scores(alg, q_BxTxHxK.astype(jnp.float32)[:, :, None], k[:, None])
+    ok_BxTxS = k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None]
+    p_BxTxSxH = jax.nn.softmax(jnp.where(ok_BxTxS[..., None], s_BxTxSxH, -1e30), axis=2)
+    q_hat = unit(to_slots(q_rot, alg.n), eps)[:, :, None]  # [B, T, 1, H, M, n]
+    k_hat_conj = alg.conj(unit(to_slots(jnp.repeat(k_rot, rep, axis=2), alg.n), eps))[:, None]
+    v = to_slots(jnp.repeat(v_BxSxGxK, rep, axis=2).astype(jnp.float32), alg.n)[:, None]
+    if bracket == "relative":
+        moved = alg.mul(alg.mul(q_hat, k_hat_conj), v)
+    elif bracket == "split":
+        moved = alg.mul(q_hat, alg.mul(k_hat_conj, v))
+    else:
+        raise ValueError(f"unknown bracket {bracket!r}")
+    y = jnp.einsum("btsh,btshmn->bthmn", p_BxTxSxH, moved).reshape(b, t, h, kd)
+    return y.astype(q_BxTxHxK.dtype)
 
 
 class RotorAttention(ProjectedAttention):
     """The module both algebras register (each as a subclass that fixes `algebra`).
 
-    Cache: keys (for scores) and pre-rotated values w = conj(k̂) ⊗ v, so decoding does the
-    key-side product once per token, never per (query, key) pair.
+    Cache: RoPE'd keys (for scores) and pre-rotated values w = conj(k̂) ⊗ v, so decoding does
+    the key-side product once per token, never per (query, key) pair.
     """
 
     algebra: Algebra
 
+    def features(self, x_BxTxD, positions_BxT):
+        """(q, k) RoPE'd for the scores, (q, k) QK-normed but unrotated for the rotors, and v."""
+        q0, k0, v = self.qkv(x_BxTxD, positions_BxT, rope=False)
+        base = self.dims.rope_base
+        return apply_rope(q0, positions_BxT, base), apply_rope(k0, positions_BxT, base), q0, k0, v
+
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape
-        q, k, v = self.qkv(x_BxTxD, positions_BxT)
-        w = pre_rotate(self.algebra, k, v, self.cfg.unit_eps)
+        q, k, q0, k0, v = self.features(x_BxTxD, positions_BxT)
+        w = pre_rotate(self.algebra, k0, v, self.cfg.unit_eps)
         k_pos = positions_BxT
         if cache is not None:
             cache = update_kv_cache(cache, positions_BxT, k, w)
             k, w, k_pos = cache["s0"], cache["s1"], cache["pos"]
-        y_BxTxHxK = rotor_attention(self.algebra, q, k, w, positions_BxT, k_pos, self.cfg.unit_eps)
+        y_BxTxHxK = rotor_attention(self.algebra, q, k, w, positions_BxT, k_pos, self.cfg.unit_eps,
+                                    q_rotor_BxTxHxK=q0)
         return self.wo(y_BxTxHxK.reshape(b, t, -1)), cache
 
     def reference(self, x_BxTxD, positions_BxT, bracket: str):
-        q, k, v = self.qkv(x_BxTxD, positions_BxT)
+        q, k, q0, k0, v = self.features(x_BxTxD, positions_BxT)
         y = rotor_attention_reference(self.algebra, q, k, v, positions_BxT, positions_BxT,
-                                      self.cfg.unit_eps, bracket)
+                                      self.cfg.unit_eps, bracket, rotors=(q0, k0))
         return self.wo(y.reshape(*y.shape[:2], -1))
 
 

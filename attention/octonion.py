@@ -43,6 +43,7 @@ def _flops(dims: AttentionDims, cfg: OctonionConfig, seq_len: int) -> float:
 
 
 @register("octonion", config_cls=OctonionConfig, flops_per_token=_flops, reference=_reference,
-          description="softmax on Re(q conj k); values moved by q̂ (conj(k̂) v) on Cayley–Dickson octonions")
+          description="softmax on Re(q conj k); values moved by q̂ (conj(k̂) v) on Cayley–Dickson octonions",
+          relative_positions=True)
 class OctonionAttention(RotorAttention):
     algebra = OCTONION

@@ -43,6 +43,7 @@ def _flops(dims: AttentionDims, cfg: QuaternionConfig, seq_len: int) -> float:
 
 
 @register("quaternion", config_cls=QuaternionConfig, flops_per_token=_flops, reference=_reference,
-          description="softmax on Re(q conj k); values moved by the relative rotor of unit quaternions")
+          description="softmax on Re(q conj k); values moved by the relative rotor of unit quaternions",
+          relative_positions=True)
 class QuaternionAttention(RotorAttention):
     algebra = QUATERNION

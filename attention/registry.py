@@ -12,6 +12,7 @@ _REGISTRY: dict[str, AttentionEntry] = {}
 
 def register(name: str, *, config_cls: type, flops_per_token: Callable, reference: Callable,
              description: str, supports_cache: bool = True,
+             relative_positions: bool = False, invertible: bool = False,
              block_factory: Callable | None = None,
              stack_factory: Callable | None = None,
              layer_flops: Callable | None = None) -> Callable[[type], type]:
@@ -23,6 +24,7 @@ def register(name: str, *, config_cls: type, flops_per_token: Callable, referenc
         _REGISTRY[name] = AttentionEntry(
             name=name, config_cls=config_cls, module_cls=module_cls, flops_per_token=flops_per_token,
             reference=reference, description=description, supports_cache=supports_cache,
+            relative_positions=relative_positions, invertible=invertible,
             block_factory=block_factory, stack_factory=stack_factory, layer_flops=layer_flops)
         return module_cls
 

@@ -60,7 +60,8 @@ def _flops(dims: AttentionDims, cfg: StandardConfig, seq_len: int) -> float:
 
 
 @register("standard", config_cls=StandardConfig, flops_per_token=_flops, reference=_reference,
-          description="softmax attention with RoPE, QK-norm and grouped-query heads")
+          description="softmax attention with RoPE, QK-norm and grouped-query heads",
+          relative_positions=True)
 class StandardAttention(ProjectedAttention):
     def __call__(self, x_BxTxD, positions_BxT, cache=None):
         b, t, _ = x_BxTxD.shape

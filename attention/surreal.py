@@ -115,7 +115,8 @@ def _flops(dims: AttentionDims, cfg: SurrealConfig, seq_len: int) -> float:
 
 
 @register("surreal", config_cls=SurrealConfig, flops_per_token=_flops, reference=_reference,
-          description="transseries scores Σ_k ω^k s^(k) with a learned scale ω: lexicographic priority of orders")
+          description="transseries scores Σ_k ω^k s^(k) with a learned scale ω: lexicographic priority of orders",
+          relative_positions=True)
 class SurrealAttention(ProjectedAttention):
     def __init__(self, dims: AttentionDims, cfg: SurrealConfig, *, rngs: nnx.Rngs):
         super().__init__(dims, cfg, rngs=rngs)

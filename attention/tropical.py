@@ -6,7 +6,9 @@ is s_ij = max_c(q_ic + k_jc) and the output is y_ic = max_{j<=i}(s_ij + v_jc) - 
 (1/β)·logsumexp(β·), the log-sum-exp semiring, which tends to max-plus as β → ∞ (the error is at
 most log(n)/β) and has smooth gradients; then y_ic = (1/β) log Σ_j softmax_j(β s_ij) e^{β v_jc}.
 Claimed benefit: piecewise-linear (at β = ∞), 1-Lipschitz in ℓ∞, tropically linear in v, with
-runner-up margins that certify the selected routes. See markdown_documentation/tropical.md.
+runner-up margins that certify the selected routes. Positions enter absolutely: RoPE rotates q
+and k by their own positions' angles, and max_c(q_c + k_c), unlike a dot product, is not
+invariant when both are rotated alike. See markdown_documentation/tropical.md.
 """
 
 from __future__ import annotations
@@ -166,6 +168,34 @@ def _score_gap(s_BxGxRxTxS, allowed_BxTxS):
     return _gap(*_top2(jnp.where(allowed_BxTxS[:, None, None], s_BxGxRxTxS, mask_value(jnp.float32)), -1))
 
 
+def _route_gap(s_BxGxRxTxS, v_BxGxSxK, allowed_BxTxS, block):
+    """min over channels of best minus runner-up over keys of s_ij + v_jc, for the scores the
+    matmul path computed. That path never forms s + v, so the margins scan key blocks (only
+    `[B, G, R, T, block, K]` at once) and merge each block's best two into the running best two,
+    i.e. the gap is over the union of all blocks. Forward-only: a train step never reads the
+    sown value, so XLA removes this loop there."""
+    b, g, r, t, s_len = s_BxGxRxTxS.shape
+    kd = v_BxGxSxK.shape[-1]
+    n_blk = -(-s_len // block)
+    pad = n_blk * block - s_len
+    neg = mask_value(jnp.float32)
+    s = jnp.pad(s_BxGxRxTxS, ((0, 0),) * 4 + ((0, pad),))
+    v = jnp.pad(v_BxGxSxK, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    ok = jnp.pad(allowed_BxTxS, ((0, 0), (0, 0), (0, pad)))  # padded keys are never visible
+    xs = (jnp.moveaxis(s.reshape(b, g, r, t, n_blk, block), 4, 0),
+          jnp.moveaxis(v.reshape(b, g, n_blk, block, kd), 2, 0),
+          jnp.moveaxis(ok.reshape(b, t, n_blk, block), 2, 0))
+
+    def step(carry, blk):
+        s_b, v_b, ok_b = blk
+        z = jnp.where(ok_b[:, None, None, :, :, None], s_b[..., None] + v_b[:, :, None, None], neg)
+        return _top2_merge(*carry, *_top2(z, -2)), None
+
+    init = (jnp.full((b, g, r, t, kd), neg),) * 2
+    (z1, z2), _ = scan(step, init, xs)
+    return jnp.min(_gap(z1, z2), axis=-1)
+
+
 def _heads(x, b, t, g, r):
     """`[B, T, G*R, K]` -> `[B, G, R, T, K]`."""
     return jnp.moveaxis(x.reshape(b, t, g, r, x.shape[-1]), 1, 3)
@@ -204,8 +234,11 @@ def _flops(dims: AttentionDims, cfg: TropicalConfig, seq_len: int) -> float:
     return pairwise_flops(dims, seq_len) + h * seq_len * pair
 
 
+# relative_positions=False: with RoPE the max-plus score depends on absolute positions (see the
+# module docstring); the page says so.
 @register("tropical", config_cls=TropicalConfig, flops_per_token=_flops, reference=_reference,
-          description="max-plus (log-sum-exp at finite Maslov β) scores and aggregation")
+          description="max-plus (log-sum-exp at finite Maslov β) scores and aggregation",
+          relative_positions=False)
 class TropicalAttention(ProjectedAttention):
     def project(self, x_BxTxD, positions_BxT):
         """q `[B, T, H, K]`, k, v `[B, T, G, K]` in float32; v is RMS-normalised like q and k so
@@ -228,17 +261,16 @@ class TropicalAttention(ProjectedAttention):
         if beta is not None and beta * math.sqrt(dm.head_dim) <= _MAX_BETA_SQRT_K:
             allowed = causal_mask(positions_BxT, k_pos)
             y, s = _dequantised_attention(q_g, k_g, v_g, allowed, beta)
-            gaps = (_score_gap(s, allowed), None) if cfg.margins and s.shape[-1] > 1 else None
+            gaps = None
+            if cfg.margins and s.shape[-1] > 1:
+                gaps = (_score_gap(s, allowed), _route_gap(s, v_g, allowed, cfg.block))
         else:
             y, gaps = _chunked_attention(q_g, k_g, v_g, positions_BxT, k_pos, beta, cfg.block, cfg.margins)
         if gaps is not None:
             # Keep only the latest call's value: the default tuple-append would grow the module's
             # state on every call outside nnx.capture (and retrace jitted steps).
             keep_last = dict(reduce_fn=lambda _, new: new, init_fn=lambda: None)
-            self.sow(nnx.Intermediate, "score_margin", jnp.moveaxis(gaps[0].reshape(b, g * r, t), 1, 2),
-                     **keep_last)
-            if gaps[1] is not None:
-                self.sow(nnx.Intermediate, "route_margin", jnp.moveaxis(gaps[1].reshape(b, g * r, t), 1, 2),
-                         **keep_last)
+            for name, gap in zip(("score_margin", "route_margin"), gaps):
+                self.sow(nnx.Intermediate, name, jnp.moveaxis(gap.reshape(b, g * r, t), 1, 2), **keep_last)
         y_BxTxHxK = jnp.moveaxis(y, 3, 1).reshape(b, t, -1).astype(x_BxTxD.dtype)
         return self.wo(y_BxTxHxK), cache

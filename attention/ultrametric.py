@@ -150,7 +150,8 @@ def _flops(dims: AttentionDims, cfg: UltrametricConfig, seq_len: int) -> float:
 
 
 @register("ultrametric", config_cls=UltrametricConfig, flops_per_token=_flops, reference=_reference,
-          description="p-adic LCP-weighted attention, sub-quadratic by sorting into prefix buckets")
+          description="p-adic LCP-weighted attention, sub-quadratic by sorting into prefix buckets",
+          relative_positions=True)  # trivially: no position is read (keys rank by index or slot)
 class UltrametricAttention(nnx.Module):
     def __init__(self, dims: AttentionDims, cfg: UltrametricConfig, *, rngs: nnx.Rngs):
         cfg.validate(dims)

@@ -27,7 +27,7 @@ from mgr.demos.base import DemoResult, check, demo
 # H=4 query heads over G=2 kv heads (GQA) with K=8: one octonion or two quaternions per head.
 _DIMS = AttentionDims(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=16)
 _B, _T = 4, 16
-_T_REF = 5  # positions compared with the (unrolled, slow to compile) per-pair references
+_T_REF = 5  # positions compared with the per-pair references (they build [B, T, T, H, K])
 _CHAINS = 64  # independent compositions, each of `steps` products
 _TRIPLES = 1024  # random triples for the associator and the Moufang identities
 
@@ -175,7 +175,7 @@ def _module_outputs(alg: Algebra, graphdef, state, x, u):
     def rot(t):
         return alg.mul(u, to_slots(t, alg.n)).reshape(t.shape)
 
-    # The references loop over queries in Python (unrolled here): run them on a prefix only.
+    # The references build every pair's transport: run them on a prefix only.
     # The fast path is causal, so its prefix is the prefix of the full output.
     x_ref, pos_ref = x[:, :_T_REF], pos[:, :_T_REF]
     return {

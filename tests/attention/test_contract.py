@@ -1,7 +1,10 @@
 """The attention contract, checked for every registered algebra.
 
-A new algebra gets every test here for free; capabilities (caching) come from its registry
-entry, never from a list of names. Dimensions are tiny so each algebra compiles in seconds.
+A new algebra gets every test here for free; capabilities (caching, relative positions,
+invertibility, a stack factory) come from its registry entry, never from a list of names. The
+module under test is the one the decoder runs (`mgr.model.blocks.make_stack`): the algebra's
+stack for an entry with a stack factory, else its attention module. Dimensions are tiny so each
+algebra compiles in seconds.
 """
 
 import jax
@@ -11,18 +14,27 @@ import pytest
 from flax import nnx
 
 import attention
-from attention.base import AttentionDims
+from mgr.config import ModelConfig
+from mgr.model.blocks import make_stack
 
-B, T, D, H, G = 2, 8, 32, 4, 2
-DIMS = AttentionDims(d_model=D, n_heads=H, n_kv_heads=G, head_dim=D // H, max_seq_len=16)
+B, T, D, H, G, S_MAX = 2, 8, 32, 4, 2, 16
 NAMES = attention.names()
+
+
+def decoder_module(entry):
+    """What the decoder builds for layers of this algebra: one stack module spanning two
+    layers when the entry has a stack factory, else the attention module inside the block."""
+    layers = 2 if entry.stack_factory is not None else 1
+    cfg = ModelConfig(vocab_size=64, d_model=D, n_layers=layers, n_heads=H, n_kv_heads=G,
+                      max_seq_len=S_MAX, attention=entry.name)
+    first = make_stack(cfg, rngs=nnx.Rngs(0))[0]
+    return first if entry.stack_factory is not None else first.attn
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def algebra(request):
     entry = attention.get(request.param)
-    module = entry.module_cls(DIMS, entry.config_cls(), rngs=nnx.Rngs(0))
-    return entry, module
+    return entry, decoder_module(entry)
 
 
 def inputs(seed=1, t=T, start=0):
@@ -78,15 +90,21 @@ def test_batch_independence(algebra):
 def test_fast_equals_reference_values_and_grads(algebra):
     entry, m = algebra
     x, pos = inputs(t=6, start=2)
-    np.testing.assert_allclose(forward(m, x, pos), entry.reference(m, x, pos), atol=2e-5, rtol=2e-4)
     w = jax.random.normal(jax.random.key(5), x.shape)
 
-    def loss(mod, x, fn):
-        return jnp.sum(fn(mod, x, pos) * w)
+    def outputs_and_grads(fn):
+        # Jitted: the references loop in Python, and compiling the unrolled loop once is much
+        # cheaper on a cold cache than dispatching (and compiling) every op of it eagerly.
+        def loss(mod, x):
+            y = fn(mod, x, pos)
+            return jnp.sum(y * w), y
 
-    g_fast = nnx.grad(loss, argnums=(0, 1))(m, x, forward)
-    g_ref = nnx.grad(loss, argnums=(0, 1))(m, x, entry.reference)
-    flat_fast, flat_ref = jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)
+        grads, y = nnx.jit(nnx.grad(loss, argnums=(0, 1), has_aux=True))(m, x)
+        return y, jax.tree.leaves(grads)
+
+    y_fast, flat_fast = outputs_and_grads(forward)
+    y_ref, flat_ref = outputs_and_grads(entry.reference)
+    np.testing.assert_allclose(y_fast, y_ref, atol=2e-5, rtol=2e-4)
     assert len(flat_fast) == len(flat_ref) and len(flat_fast) > 1
     for a, b in zip(flat_fast, flat_ref):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
@@ -108,3 +126,33 @@ def test_cache_equals_full_forward(algebra):
         yt, cache = step(m, x[:, t:t + 1], pos[:, t:t + 1], cache)
         outs.append(yt)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_relative_positions(algebra):
+    """Shifting every position by one constant (per row: a batch may mix shifts) leaves the
+    output unchanged. Not vacuous: either spreading positions apart (same order, so the same
+    causal mask, other distances) moves the output, or the module reads no position at all,
+    so that even a permutation of positions, which reorders the causal mask, changes nothing."""
+    entry, m = algebra
+    if not entry.relative_positions:
+        pytest.skip(f"{entry.name} registers relative_positions=False")
+    x, pos = inputs()
+    run = nnx.jit(forward)
+    y = run(m, x, pos)
+    for shift in (jnp.array([[5], [5]]), jnp.array([[3], [8]])):  # stays below max_seq_len
+        np.testing.assert_allclose(run(m, x, pos + shift), y, atol=2e-5, rtol=1e-4)
+    spread = float(jnp.max(jnp.abs(run(m, x, 2 * pos) - y)))
+    if spread < 1e-4:
+        perm = jnp.array([3, 0, 6, 1, 7, 2, 4, 5], jnp.int32)
+        np.testing.assert_array_equal(run(m, x, jnp.broadcast_to(perm, pos.shape)), y)
+
+
+def test_inverse_recovers_the_input(algebra):
+    """An invertible module's `inverse` undoes its forward pass on its own parameters."""
+    entry, m = algebra
+    if not entry.invertible:
+        pytest.skip(f"{entry.name} registers invertible=False")
+    x, pos = inputs()
+    y = nnx.jit(forward)(m, x, pos)
+    assert float(jnp.max(jnp.abs(y - x))) > 1e-1  # the map is far from the identity
+    np.testing.assert_allclose(nnx.jit(lambda mod, y, p: mod.inverse(y, p))(m, y, pos), x, atol=1e-5)

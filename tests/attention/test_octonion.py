@@ -15,6 +15,7 @@ from attention.hypercomplex import (OCTONION, oconj, oleft, omul, oright, pre_ro
                                     rotor_attention, rotor_attention_reference, slot_scores)
 from attention.octonion import OctonionConfig
 from core.errors import MgrError
+from rotor_checks import check_module_against_independent_reference
 
 N = 6  # octonions per example, checked together
 octs = arrays(np.float32, (N, 8), elements=st.floats(-3, 3, width=32))
@@ -154,3 +155,7 @@ def test_validate_rejects_head_dim_not_divisible_by_8():
     OctonionConfig().validate(dims(16))
     with pytest.raises(MgrError, match="divisible by 8"):
         OctonionConfig().validate(dims(12))
+
+
+def test_decoder_module_equals_independent_reference_and_keeps_the_norm_bound():
+    check_module_against_independent_reference("octonion", 8)

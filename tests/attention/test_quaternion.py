@@ -14,6 +14,7 @@ from attention.hypercomplex import (QUATERNION, pre_rotate, qconj, qleft, qmul, 
                                     rotor_attention, rotor_attention_reference, slot_scores)
 from attention.quaternion import QuaternionConfig
 from core.errors import MgrError
+from rotor_checks import check_module_against_independent_reference
 
 N = 6  # quaternions per example, checked together
 quats = arrays(np.float32, (N, 4), elements=st.floats(-4, 4, width=32))
@@ -136,3 +137,8 @@ def test_validate_rejects_head_dim_not_divisible_by_4():
     QuaternionConfig().validate(dims(8))
     with pytest.raises(MgrError, match="divisible by 4"):
         QuaternionConfig().validate(dims(6))
+
+
+
+def test_decoder_module_equals_independent_reference_and_keeps_the_norm_bound():
+    check_module_against_independent_reference("quaternion", 4)

@@ -12,9 +12,10 @@ from hypothesis import given, settings, strategies as st
 
 from attention.base import AttentionDims
 from attention.standard import StandardAttention, StandardConfig
-from attention.surreal import (MAX_LEADING_LOG, SurrealAttention, SurrealConfig, _reference, combine_orders,
-                               log_omega_of, order_scales)
+from attention.surreal import (MAX_LEADING_LOG, SurrealAttention, SurrealConfig, _features, _reference,
+                               combine_orders, log_omega_of, order_scales)
 from core.errors import MgrError
+import numpy_reference as npr
 
 SETTINGS = settings(max_examples=30, deadline=None)
 M, DELTA = 3.0, 0.5  # scores on a half-integer grid in [-M, M]: exact ties, gaps >= DELTA
@@ -153,3 +154,54 @@ def test_config_validation():
                 SurrealConfig(log_omega_init=5.0), SurrealConfig(n_orders=4, log_omega_max=4.6)):
         with pytest.raises(MgrError):
             bad.validate(DIMS)
+
+
+# ---- the module against an independent form, and the page's bounds on its own scores ---------
+
+POS = jnp.array([[3, 4, 5, 6, 7, 8], [9, 2, 14, 0, 7, 5]], jnp.int32)  # offset; a permutation
+
+
+def numpy_surreal(m, x, pos):
+    """From the raw parameters: order o of a head is its o-th slice of K/n channels, RMS-normalised
+    on its own and rotated within itself; s = Σ_o ω^o q^(o)·k^(o)/√(K/n), log ω = max·sigmoid(θ)."""
+    cfg, dims = m.cfg, m.dims
+    n, dk = cfg.n_orders, dims.head_dim // cfg.n_orders
+
+    def orders(w, n_heads):
+        a = npr.rms(npr.heads(x, npr.kernel(w), n_heads).reshape(*x.shape[:2], n_heads, n, dk))
+        if cfg.rope:
+            a = np.stack([npr.rope(a[..., o, :], pos, dims.rope_base) for o in range(n)], axis=3)
+        return a
+
+    q = orders(m.qkv.wq, dims.n_heads)
+    k = npr.expand_kv(orders(m.qkv.wk, dims.n_kv_heads), dims.n_heads)
+    v = npr.expand_kv(npr.heads(x, npr.kernel(m.qkv.wv), dims.n_kv_heads), dims.n_heads)
+    log_omega = cfg.log_omega_max / (1.0 + np.exp(-float(m.theta[...])))
+    s = np.einsum("bihoc,bjhoc->bhij", q * np.exp(np.arange(n) * log_omega)[:, None], k) / np.sqrt(dk)
+    y = np.einsum("bhij,bjhc->bihc", npr.softmax(s, npr.allowed(pos)[:, None]), v)
+    return y.reshape(*y.shape[:2], -1) @ npr.kernel(m.wo), log_omega
+
+
+@pytest.mark.parametrize("opts, theta", [({}, None), ({"n_orders": 4, "log_omega_max": 3.0}, 3.0)])
+def test_module_equals_independent_reference_and_keeps_the_score_bounds(opts, theta):
+    from mgr.config import ModelConfig
+    from mgr.model import Decoder
+
+    cfg = ModelConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=16,
+                      attention="surreal", attention_options={"surreal": opts})
+    m = Decoder(cfg, rngs=nnx.Rngs(0)).blocks[0].attn
+    if theta is not None:
+        m.theta[...] = jnp.float32(theta)  # ω near its cap: the orders are far apart
+    x = jax.random.normal(jax.random.key(6), (2, 6, 32))
+    y = nnx.jit(lambda m, x, p: m(x, p)[0])(m, x, POS)
+    y_np, log_omega = numpy_surreal(m, x, POS)
+    np.testing.assert_allclose(y, y_np, atol=3e-5, rtol=1e-4)
+    # The page's bounds, on the features the module's forward pass computes (`_features` is its
+    # first step): every order's score is within M = √(K/n), and ω lies in (1, e^{log_omega_max}).
+    q, k, _, lo = _features(m, x, POS)
+    dk = q.shape[-1]
+    k = jnp.repeat(k, 2, axis=2)
+    s_orders = jnp.einsum("bihoc,bjhoc->bhijo", q, k) / np.sqrt(dk)
+    assert float(jnp.max(jnp.abs(s_orders))) <= np.sqrt(dk) * (1 + 1e-5)
+    assert 0.0 < float(lo) < m.cfg.log_omega_max
+    np.testing.assert_allclose(float(lo), log_omega, rtol=1e-6)

@@ -191,3 +191,36 @@ def test_config_validation():
     for bad in (dict(p=1), dict(depth=0), dict(alpha=1.0), dict(p=2, depth=30)):
         with pytest.raises(MgrError):
             UltrametricConfig(**bad).validate(dims)
+
+
+def test_decoder_module_equals_independent_reference():
+    """The module as the decoder builds it against numpy from its raw parameters: digits are the
+    argmax of each depth's p logits, a key's weight is w_h[LCP] = Σ_{ℓ<=LCP} e^{log_delta_hℓ},
+    y_i = Σ_{j<=i} w v_j / Σ_{j<=i} w, query head h reading kv head h // R. Repeated tokens share
+    codes, so deep prefixes are exercised as well as shallow ones."""
+    import numpy_reference as npr
+    from mgr.config import ModelConfig
+    from mgr.model import Decoder
+
+    b, t, h, g, L, p = 2, 9, 4, 2, 3, 3
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=h, n_kv_heads=g, max_seq_len=16,
+                      attention="ultrametric", attention_options={"ultrametric": {"p": p, "depth": L}})
+    m = Decoder(cfg, rngs=nnx.Rngs(0)).blocks[0].attn
+    # kv head j codes like query head 2j (the first of its group), so tokens meet themselves deep.
+    wq = m.wq_code.kernel[...].reshape(16, h, L * p)
+    m.wk_code.kernel[...] = wq[:, ::2].reshape(16, g * L * p)
+    m.log_delta[...] = jax.random.normal(jax.random.key(3), m.log_delta.shape)
+    x = jax.random.normal(jax.random.key(2), (b, t, 16))
+    x = x.at[:, 5:].set(x[:, 1:5])  # tokens 5.. repeat tokens 1..
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    qd = np.argmax(npr.heads(x, npr.kernel(m.wq_code), h).reshape(b, t, h, L, p), -1)
+    kd = np.argmax(npr.heads(x, npr.kernel(m.wk_code), g).reshape(b, t, g, L, p), -1)
+    same = qd[:, :, None] == npr.expand_kv(kd, h)[:, None]  # [B, T, S, H, L]
+    lcp_ = np.sum(np.cumprod(same, axis=-1), axis=-1)
+    w = np.cumsum(np.exp(np.asarray(m.log_delta[...], np.float64)), -1)[np.arange(h), lcp_]
+    w = np.where(npr.allowed(pos)[..., None], w, 0.0)  # [B, T, S, H]
+    v = npr.expand_kv(npr.heads(x, npr.kernel(m.wv), g), h)
+    y = np.einsum("bijh,bjhc->bihc", w, v) / w.sum(2)[..., None]
+    assert lcp_.max() == L and (lcp_ < L).any()  # both deep and shallow prefixes occur
+    y_module = nnx.jit(lambda m, x, p: m(x, p)[0])(m, x, pos)
+    np.testing.assert_allclose(y_module, y.reshape(b, t, -1) @ npr.kernel(m.wo), atol=2e-5, rtol=1e-4)
