@@ -1,10 +1,11 @@
-"""Oriented simplicial complexes and their boundary operators (numpy, for the simplicial demo).
+"""Oriented simplicial complexes and their boundary operators (numpy, for the simplicial demo only:
+SimplicialAttention does not call anything here, so none of this is in the decoder's path).
 
 A k-simplex is a tuple of k+1 distinct vertex ids; its orientation is the vertex order up to
 even permutations. The boundary of [v0..vk] is sum_i (-1)^i [v0..^vi..vk], each face rewritten in
 the orientation the complex stores for it (times the sign of the permutation between the two
 orders). The identity d_{k-1} d_k = 0 is what makes homology (Betti numbers) and the Hodge
-Laplacians L_k = d_k^T d_k + d_{k+1} d_{k+1}^T well defined; tests/attention/test_simplicial.py
+Laplacians L_k = d_k^T d_k + d_{k+1} d_{k+1}^T well defined; tests/attention/test_complexes.py
 checks it, Euler-Poincare and Hodge's theorem on random complexes with random orientations.
 See markdown_documentation/simplicial.md.
 """

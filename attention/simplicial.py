@@ -4,11 +4,12 @@ Math: for a simplicial head, s_ijk = (1/sqrt(K)) sum_c q_ic k_jc k'_kc over pair
 j in (i-w1, i] and k in (i-w2, i]; p_ijk = softmax over the pair (j, k); y_i = sum_jk p_ijk
 v_j * v'_k (elementwise). The remaining heads are ordinary pairwise softmax heads over the full
 causal prefix, so the layer mixes long-range pairwise lookups with local three-way interactions.
-With k' = v' = 1 a simplicial head is exactly pairwise softmax attention (the softmax over (j, k)
-marginalises over k), and with tied streams it is symmetric in them. Claimed benefit: a head can
-score a *combination* of two tokens (a logical AND of two features), which pairwise attention
-cannot in one layer. The windowed fast path costs O(T * w1 * w2 * K) per head; the dense
-O(T^3) form is the reference. See markdown_documentation/simplicial.md.
+With k' = v' = 1 a simplicial head is exactly pairwise softmax attention over (i-w1, i] (the
+softmax over (j, k) marginalises over k), and with w1 = w2 the kernel is symmetric in its two
+streams (the module's own streams are not tied: k' is pair-shared and carries no RoPE). Claimed
+benefit: a head can score a *combination* of two tokens (a logical AND of two features), which
+pairwise attention cannot in one layer. The windowed fast path costs O(T * w1 * w2 * K) per
+head; the dense O(T^3) form is the reference. See markdown_documentation/simplicial.md.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def _flops(dims: AttentionDims, cfg: SimplicialConfig, seq_len: int) -> float:
 
 @register("simplicial", config_cls=SimplicialConfig, flops_per_token=_flops, reference=_reference,
           description="2-simplicial heads (trilinear scores over windowed key pairs) mixed with "
-                      "pairwise softmax heads")
+                      "pairwise softmax heads",
+          relative_positions=True)
 class SimplicialAttention(nnx.Module):
     def __init__(self, dims: AttentionDims, cfg: SimplicialConfig, *, rngs: nnx.Rngs):
         cfg.validate(dims)
@@ -235,6 +237,9 @@ class SimplicialAttention(nnx.Module):
         self.wk2 = Dense(dims.d_model, self.n_groups2 * (k // 2), rngs=rngs)
         self.wv2 = Dense(dims.d_model, self.n_groups2 * k, rngs=rngs)
         self.wo = Dense(dims.n_heads * k, dims.d_model, rngs=rngs)
+        # Queries per scan step of the windowed kernel. Not a config knob (it changes no result);
+        # tests shrink it so that a tiny T runs the scanned, checkpointed path the decoder runs.
+        self.query_block = _QUERY_BLOCK
 
     def streams(self, x_BxTxD, positions_BxT):
         """q [B,T,H,K]; k, v [B,T,G,K]; second stream k2, v2 [B,T,G2,K] (k2 RMS-normed, its two
@@ -279,7 +284,8 @@ class SimplicialAttention(nnx.Module):
         w1, w2 = self.cfg.window_1, self.cfg.window_2
         if cache is None:
             (k1h, k2h), (v1h, v2h) = heads(k, k2), heads(v, v2)
-            ys.append(simplicial_attention(q[:, :, hp:], k1h, v1h, k2h, v2h, positions_BxT, w1, w2))
+            ys.append(simplicial_attention(q[:, :, hp:], k1h, v1h, k2h, v2h, positions_BxT, w1, w2,
+                                           self.query_block))
         else:
             # Context: the window-1 slots before this chunk plus the chunk itself. The slot index
             # is the position, so pad w-1 slots in front and slice at the chunk's first position.
@@ -294,6 +300,6 @@ class SimplicialAttention(nnx.Module):
             (k1h, k2h), (v1h, v2h) = (heads(ctx(cache["s0"]), ctx(cache["s2"])),
                                       heads(ctx(cache["s1"]), ctx(cache["s3"])))
             ys.append(_window_attention(q[:, :, hp:], k1h, v1h, k2h, v2h, positions_BxT,
-                                        ctx(cache["pos"], _FAR), w1, w2))
+                                        ctx(cache["pos"], _FAR), w1, w2, self.query_block))
         y_BxTxHxK = jnp.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
         return self.wo(y_BxTxHxK.reshape(b, t, -1)), cache

@@ -4,11 +4,12 @@ Everything comes from the registered `gauge` module (`attention.get("gauge").mod
 the pure helpers of attention/gauge.py and attention/lie.py. On a random sequence of T=256
 tokens the module's links U_i = exp(A_i) give transports T_i = U_i⋯U_0 that are rotations
 (TᵀT = I, det T = 1) and equal the path-ordered product of matrix exponentials of the so(4)
-generators. The scores ⟨T_iᵀq_i, T_jᵀk_j⟩ do not change under a per-token gauge transformation
-q_i → g_i q_i, k_i → g_i k_i, T_i → g_i T_i g_0ᵀ (and do change when the transports are not
-transformed along). The sown curvature (two-link loop holonomy) is > 0 for the default
-non-commuting links and ~0 for the `abelian=True` ablation. Finally `steps` single-token cached
-decodes after a prefill reproduce the full forward pass. See markdown_documentation/gauge.md.
+generators. A per-token gauge transformation of what the module's `attend` consumes (q_i, k_i,
+v_i → g_i(·), U_i → g_i U_i g_{i−1}⁻¹) rotates each output by its own g_i, and moving the fields
+without the links does not; shifting every position leaves the output unchanged. The sown
+curvature (two-link loop holonomy) is > 0 for the default non-commuting links and ~0 for the
+`abelian=True` ablation. Finally `steps` single-token cached decodes after a prefill reproduce
+the full forward pass. See markdown_documentation/gauge.md.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from flax import nnx
 
 import attention
 from attention.base import AttentionDims
-from attention.gauge import _block_diag, gauge_scores, transports
-from attention.lie import holonomy, pair_matrix, qexp, so4_hat
+from attention.gauge import push_forward, transports
+from attention.lie import holonomy, pair_compose, pair_inverse, pair_matrix, qexp, so4_hat
 from mgr.demos.base import DemoResult, check, demo
 
 _T, _B, _PREFILL = 256, 2, 16
+_SHIFT = 1000  # positions 0.._T-1 against _SHIFT.._SHIFT+_T-1
 # generator_init = 1: rotations of about a radian per token, a strongly curved random connection
 # (the default 0.1 is a near-flat start for training; its holonomy is correspondingly small).
 _GEN_INIT = 1.0
@@ -74,16 +76,21 @@ def _geometry(seed: int):
                                 jnp.moveaxis(u_mat, 1, 0))
         vs_expm = jnp.max(jnp.abs(jnp.moveaxis(t_seq, 0, 1) - t_mat))
 
-        # Gauge invariance on batch 0, kv head 0 and its first query head (post-RoPE fields).
-        q, k, _ = m.project(x, pos)
-        q0, k0 = q[0, :, 0], k[0, :, 0]  # query head 0 belongs to kv head 0
-        t0 = _block_diag(t_mat[0, :, 0])  # [T, K, K]
-        g = _block_diag(pair_matrix(_random_pairs(kg, (_T, m.n_blocks))))  # g_i per token
-        q_g, k_g = jnp.einsum("tkl,tl->tk", g, q0), jnp.einsum("tkl,tl->tk", g, k0)
-        t_g = g @ t0 @ jnp.swapaxes(g[0], -1, -2)  # T_i -> g_i T_i g_0ᵀ
-        s = gauge_scores(q0, k0, t0)
-        s_gauged = gauge_scores(q_g, k_g, t_g)
-        s_fields_only = gauge_scores(q_g, k_g, t0)  # transports not transformed: not a symmetry
+        # Gauge covariance of the module's own core: random g_i per token, kv head and block.
+        q, k, v = m.project(x, pos)
+        y, _ = m.attend(q, k, v, links, pos)
+        g = _random_pairs(kg, links[0].shape[:-1])
+        ident = jnp.zeros_like(g[0][:, :1]).at[..., 0].set(1.0)
+        g_prev = tuple(jnp.concatenate([ident, u[:, :-1]], axis=1) for u in g)  # g_{−1} = I
+        links_g = pair_compose(g, pair_compose(links, pair_inverse(g_prev)))  # g_i U_i g_{i−1}⁻¹
+
+        def rot(x):  # x_i → g_i x_i, query heads sharing their kv head's gauge
+            return push_forward(g, x.reshape(*g[0].shape[:3], -1, x.shape[-1])).reshape(x.shape)
+
+        want = rot(y)
+        y_gauged, _ = m.attend(rot(q), rot(k), rot(v), links_g, pos)
+        y_fields_only, _ = m.attend(rot(q), rot(k), rot(v), links, pos)  # links left: not a symmetry
+        shifted = jnp.max(jnp.abs(m(x, pos + _SHIFT)[0] - m(x, pos)[0]))
 
         # Curvature: the module's sown holonomy, default vs abelian, and the explicit-matrix loop.
         m(x, pos)
@@ -93,8 +100,8 @@ def _geometry(seed: int):
         nxt = tuple(u[:, 1:] for u in links)
         explicit = jnp.mean(holonomy(prev, nxt), axis=-1)  # [B, T-1, G], mean over so(4) blocks
         return {"ortho": ortho, "det": det, "ortho_raw": ortho_raw, "vs_expm": vs_expm,
-                "inv": jnp.max(jnp.abs(s_gauged - s)), "broken": jnp.max(jnp.abs(s_fields_only - s)),
-                "scale": jnp.max(jnp.abs(s)),
+                "inv": jnp.max(jnp.abs(y_gauged - want)), "broken": jnp.max(jnp.abs(y_fields_only - want)),
+                "scale": jnp.max(jnp.abs(want)), "shifted": shifted,
                 "hol": m.holonomy[...], "hol_flat": m_flat.holonomy[...], "hol_explicit": explicit}
 
     out = measure(st, st_flat, x)
@@ -118,8 +125,9 @@ def _cache_vs_full(seed: int, steps: int):
     return float(jnp.max(jnp.abs(jnp.concatenate(outs, axis=1) - full))), float(jnp.max(jnp.abs(full)))
 
 
-@demo("gauge", "gauge attention: orthogonal transports, gauge-invariant scores, curvature of "
-      "non-commuting links (zero when abelian), cached decoding == full forward", default_steps=48)
+@demo("gauge", "gauge attention: orthogonal transports, gauge-covariant outputs, relative positions, "
+      "curvature of non-commuting links (zero when abelian), cached decoding == full forward",
+      default_steps=48)
 def gauge_demo(seed: int, steps: int) -> DemoResult:
     geo = _geometry(seed)
     hol, hol_flat = geo["hol"], geo["hol_flat"]
@@ -136,10 +144,12 @@ def gauge_demo(seed: int, steps: int) -> DemoResult:
         check("equals_path_ordered_expm", "quaternion prefix scan == sequential product of "
               f"expm(A_i) (4x4 matrices, f32 rounding over {_T} sequential products): max |diff| < 1e-3",
               geo["vs_expm"], geo["vs_expm"] < 1e-3),
-        check("gauge_invariant", "scores unchanged under q_i→g_i q_i, k_i→g_i k_i, T_i→g_i T_i g_0ᵀ "
-              "(random g_i per token): max |Δs| / max |s| < 1e-5", rel_inv, rel_inv < 1e-5),
-        check("gauge_needs_transport", "the same g_i on q, k alone (transports left as they were) "
-              "changes the scores: max |Δs| / max |s| > 0.1", rel_broken, rel_broken > 0.1),
+        check("gauge_covariant", "the module's attend on q_i, k_i, v_i → g_i(·), U_i → g_i U_i g_{i−1}⁻¹ "
+              "(random g_i per token) returns g_i y_i: max |Δy| / max |y| < 1e-5", rel_inv, rel_inv < 1e-5),
+        check("gauge_needs_transport", "the same g_i on q, k, v alone (links left as they were) "
+              "does not: max |Δy| / max |y| > 0.1", rel_broken, rel_broken > 0.1),
+        check("relative_positions", f"positions shifted by {_SHIFT}: max |Δ output| < 1e-4 (RoPE acts "
+              "in the base frame)", geo["shifted"], geo["shifted"] < 1e-4),
         check("curved", "non-commuting links: mean sown holonomy ‖U_iU_{i−1}U_i⁻¹U_{i−1}⁻¹ − I‖_F "
               "> 0.1", hol_mean, hol_mean > 0.1),
         check("abelian_flat", "abelian=True ablation: max sown holonomy < 1e-5", hol_flat_max,
@@ -154,9 +164,10 @@ def gauge_demo(seed: int, steps: int) -> DemoResult:
         {"quantity": "max |TᵀT − I| (renormalize=False: f32 drift over 256 products)", "value": geo["ortho_raw"]},
         {"quantity": "max |det T − 1|", "value": geo["det"]},
         {"quantity": "max |scan − path-ordered expm|", "value": geo["vs_expm"]},
-        {"quantity": "max |s| (score scale)", "value": geo["scale"]},
-        {"quantity": "gauge-transformed: max |Δs|", "value": geo["inv"]},
-        {"quantity": "q, k transformed without transports: max |Δs|", "value": geo["broken"]},
+        {"quantity": "max |y| (attend output scale)", "value": geo["scale"]},
+        {"quantity": "gauge-transformed: max |attend − g_i y_i|", "value": geo["inv"]},
+        {"quantity": "fields transformed without links: max |attend − g_i y_i|", "value": geo["broken"]},
+        {"quantity": f"positions shifted by {_SHIFT}: max |Δ output|", "value": geo["shifted"]},
         {"quantity": "mean holonomy, non-abelian", "value": hol_mean},
         {"quantity": "max holonomy, abelian", "value": hol_flat_max},
         {"quantity": "max |output| (cache check scale)", "value": out_scale},

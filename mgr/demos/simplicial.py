@@ -1,5 +1,8 @@
 """Demo `simplicial`: boundaries of boundaries vanish, and triangles find what edges miss.
 
+The two parts are independent: part 1 exercises the demo's complexes helper, which the attention
+module never calls; part 2 trains the registered module through the decoder.
+
 Part 1 (attention/complexes.py): three triangulated surfaces, each triangle in a random
 orientation drawn from the seed: the signed boundary operators satisfy d1 d2 = 0 (the unsigned
 incidences do not), and the Betti numbers come out as topology says (torus (1, 2, 1), real
@@ -128,8 +131,9 @@ SIMPLICIAL = _cfg("simplicial", attention_options={
 STANDARD = _cfg("standard", mlp_ratio=5)
 
 
-@demo("simplicial", "2-simplicial attention: d1 d2 = 0 and Betti numbers of surfaces; a pair "
-      "property one simplicial layer learns and one pairwise layer does not", default_steps=400)
+@demo("simplicial", "simplicial complexes (the demo's helper): d1 d2 = 0 and Betti numbers of "
+      "surfaces; 2-simplicial attention: a pair property one simplicial layer learns and one "
+      "pairwise layer does not", default_steps=400)
 def simplicial_demo(seed: int, steps: int) -> DemoResult:
     certs, rows = complex_certificates(seed)
     runs = {name: train_on_task(cfg, successor_pair_task, steps, seed=seed, batch=64, lr=2e-2)
