@@ -4,6 +4,7 @@ jitted minimisation loop on a loss of a params pytree, and the tiny real Decoder
 Imported by the test files as a plain module (pytest puts this folder on sys.path)."""
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -55,3 +56,15 @@ def tiny_decoder(**overrides):
     cfg = ModelConfig(**{**TINY, **overrides})
     return Decoder(cfg, rngs=nnx.Rngs(0))
 
+
+def stacked_params(L=3, d=8, v=20):
+    """An nnx.scan-style layout: block parameters carry a leading layer axis L."""
+    return {
+        "embed": {"table": jnp.zeros((v, d))},
+        "blocks": {"attn": {"wq": {"kernel": jnp.zeros((L, d, 12))}},
+                   "mlp": {"up": {"kernel": jnp.zeros((L, d, 16))}},
+                   "norm": {"scale": jnp.ones((L, d))},
+                   "conv": {"kernel": jnp.zeros((L, d))},  # a depthwise (1-D) kernel per layer
+                   "gate": jnp.zeros((L,))},
+        "head": {"kernel": jnp.zeros((d, v))},
+    }

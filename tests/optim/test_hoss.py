@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.errors import MgrError
-from optim.hoss import HossState
+from optim.hoss import HossConfig, HossState
 from optim_helpers import make_tx, minimise
 
 
@@ -119,3 +119,35 @@ def test_needs_value_fn():
     params = {"w": jnp.ones(3)}
     with pytest.raises(MgrError, match="value_fn"):
         tx.update(params, tx.init(params), params)
+
+
+def test_macro_time_is_delta_scale_times_the_schedule_step_by_step():
+    """The default delta_scale (300) times a warming-up schedule's lr, read at HOSS's own step
+    count: δ = 0, 0.1, 0.2, 0.3, 0.3. Each step equals the closed form at the current point, and
+    the diagnostics hold H's eigenvalues (r = dim, floor 0)."""
+    h, b, w0, loss = quadratic_problem(np.array([0.5, 2.0, 8.0]), seed=5)
+    peak, warmup = 1e-3, 3
+    scale = HossConfig().delta_scale
+    tx = make_tx("hoss", "constant", lr=peak, warmup_steps=warmup, optimizer_options={"rank": 3})
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value_fn=loss))
+    params = {"w": jnp.asarray(w0, jnp.float32)}
+    state = tx.init(params)  # a HossState: no clipping, nothing chained
+    for t in range(warmup + 2):
+        w = np.asarray(params["w"], np.float64)
+        u, state = update(jax.grad(loss)(params), state, params)
+        delta = scale * peak * min(t, warmup) / warmup
+        expected = closed_form_step(h, h @ w - b, delta)
+        np.testing.assert_allclose(np.asarray(u["w"]), expected, rtol=2e-4,
+                                   atol=1e-6 + 2e-4 * np.linalg.norm(expected), err_msg=f"step {t}")
+        np.testing.assert_allclose(np.sort(np.asarray(state.ritz_values)), np.linalg.eigvalsh(h),
+                                   rtol=1e-3)
+        params = {"w": params["w"] + u["w"]}
+
+
+def test_seed_sets_the_noise():
+    h, b, w0, loss = quadratic_problem(np.array([0.5, 2.0]), seed=6)
+    draws = {seed: hoss_update(loss, w0, delta=0.5, rank=2, noise_std=0.1, seed=seed)[0]
+             for seed in (0, 1)}
+    again, _ = hoss_update(loss, w0, delta=0.5, rank=2, noise_std=0.1, seed=1)
+    np.testing.assert_array_equal(draws[1], again)
+    assert not np.allclose(draws[0], draws[1])

@@ -11,8 +11,10 @@ import optax
 import pytest
 
 import attention
+import optim
+from mgr.config import TrainConfig
 from optim import muon, partition
-from optim_helpers import make_tx, tiny_decoder
+from optim_helpers import make_tx, stacked_params, tiny_decoder
 from flax import nnx
 
 # beta = 0 and no shape factor: the update is exactly −lr · NS5(gradient).
@@ -60,19 +62,6 @@ def test_update_is_orthogonal(shape):
     # The gradient itself is far from orthogonal, so this is the transform's doing.
     g = singular_values(grads["blocks"]["kernel"])
     assert g.max() / g.min() > 2
-
-
-def stacked_params(L=3, d=8, v=20):
-    """An nnx.scan-style layout: block parameters carry a leading layer axis L."""
-    return {
-        "embed": {"table": jnp.zeros((v, d))},
-        "blocks": {"attn": {"wq": {"kernel": jnp.zeros((L, d, 12))}},
-                   "mlp": {"up": {"kernel": jnp.zeros((L, d, 16))}},
-                   "norm": {"scale": jnp.ones((L, d))},
-                   "conv": {"kernel": jnp.zeros((L, d))},  # a depthwise (1-D) kernel per layer
-                   "gate": jnp.zeros((L,))},
-        "head": {"kernel": jnp.zeros((d, v))},
-    }
 
 
 def test_stacked_roles_and_per_layer_orthogonalisation():
@@ -147,3 +136,121 @@ def test_adamw_and_muon_differ_and_muon_moves_every_hidden_matrix(decoder_params
         if path in hidden_matrices_of_standard_decoder():
             assert float(jnp.linalg.norm(a - m)) > 0.1 * float(jnp.linalg.norm(a)), path
             assert float(jnp.linalg.norm(x1 - x0)) > 1e-3, path
+
+
+# ---- the defaults, with momentum, on the trainer's path ---------------------------------------
+
+# The NS5 coefficients as markdown_documentation/muon.md states them (not read from optim/muon.py).
+DOC_NS5 = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz5(m):
+    """Five quintic Newton–Schulz steps on M/‖M‖_F, in float64, on the wide orientation."""
+    x = np.asarray(m, np.float64)
+    tall = x.shape[0] > x.shape[1]
+    x = (x.T if tall else x) / np.linalg.norm(x)
+    a, b, c = DOC_NS5
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def momentum_directions(grads, beta, nesterov):
+    """What Muon orthogonalises at step t = 1, 2, ...: M_t = βM_{t−1} + (1−β)G_t, bias-corrected
+    as optax does; Nesterov looks ahead, βM̂ + (1−β)Ĝ. NS5 divides out the overall scale, but
+    the weight of the momentum against the fresh gradient is exactly what this pins."""
+    m, out = np.zeros_like(grads[0]), []
+    for t, g in enumerate(grads, start=1):
+        m = beta * m + (1 - beta) * g
+        out.append(beta * m / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta ** t)
+                   if nesterov else m / (1 - beta ** t))
+    return out
+
+
+def ill_conditioned_gradients(shape, steps, seed=0):
+    """Gradients with fresh singular vectors every step and singular values 3 .. 1e-3."""
+    rng = np.random.default_rng(seed)
+    k = min(shape)
+    sigma = np.logspace(0.5, -3, k)
+    out = []
+    for _ in range(steps):
+        u, _ = np.linalg.qr(rng.normal(size=(shape[0], k)))
+        v, _ = np.linalg.qr(rng.normal(size=(shape[1], k)))
+        out.append((u * sigma) @ v.T)
+    return out
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_default_update_is_ns5_of_the_momentum_over_several_steps(nesterov):
+    """MuonConfig's defaults (β = 0.95, consistent RMS 0.2, weight decay 0.1; Nesterov by
+    default, and without it) behind the trainer's default clipping: each step's update of a
+    hidden matrix is −lr·(s·NS5(momentum direction) + λW), the momentum computed here from the
+    clipped gradients. Dropping the momentum, orthogonalising the gradient instead, or the
+    wrong Nesterov weighting all miss from the second step on."""
+    cfg, clip = muon.MuonConfig(nesterov=nesterov), TrainConfig().grad_clip
+    lr, shape = 0.05, (16, 24)
+    grads = ill_conditioned_gradients(shape, steps=4)
+    clipped = [g * min(1.0, clip / np.linalg.norm(g)) for g in grads]
+    assert all(np.linalg.norm(g) > clip for g in grads)  # the clipping really acts
+    directions = momentum_directions(clipped, cfg.beta, nesterov)
+    s = cfg.consistent_rms * np.sqrt(max(shape))
+    tx = make_tx("muon", lr=lr, grad_clip=clip, optimizer_options={"nesterov": nesterov})
+    params = {"blocks": {"kernel": jnp.asarray(np.random.default_rng(1).normal(size=shape),
+                                               jnp.float32)}}
+    update, state = jax.jit(tx.update), tx.init(params)
+    checked = 0
+    for g, d in zip(grads, directions):
+        u, state = update({"blocks": {"kernel": jnp.asarray(g, jnp.float32)}}, state, params)
+        w = np.asarray(params["blocks"]["kernel"], np.float64)
+        got = np.asarray(u["blocks"]["kernel"], np.float64)
+        expected = -lr * (s * newton_schulz5(d) + cfg.weight_decay * w)
+        np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+        # Singular values ~1 along the momentum's own directions with σ >= σ_max/30; NS5 need
+        # not lift the near-null ones into the band (markdown_documentation/muon.md).
+        o = -(got / lr + cfg.weight_decay * w) / s
+        left, sig, right_t = np.linalg.svd(d, full_matrices=False)
+        along = np.einsum("ik,ij,kj->k", left, o, right_t)
+        big = sig >= sig[0] / 30
+        assert NS5_BAND[0] < along[big].min() and along[big].max() < NS5_BAND[1], along[big]
+        checked += int(big.sum())
+        params = optax.apply_updates(params, u)
+    assert checked >= 4 * 8, checked
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "ordinal"])  # lr as a schedule / as a scalar
+def test_adamw_branch_is_nesterov_adam_at_the_lr_ratio(schedule):
+    """Muon's other leaves, two steps by hand: Nesterov Adam (`nesterov` covers both branches)
+    with adam_b1 != adam_b2 at adam_lr_ratio × the schedule's lr, decay on embedding and head
+    only. Catches a ratio or beta dropped or swapped and Nesterov not reaching the branch."""
+    b1, b2, eps, wd, ratio, peak, steps = 0.8, 0.99, 1e-8, 0.1, 0.3, 0.1, 10
+    shapes = {"embed": {"table": (5, 3)}, "head": {"kernel": (3, 5)},
+              "blocks": {"norm": {"scale": (3,)}}}
+    decayed = {"table": 1.0, "kernel": 1.0, "scale": 0.0}
+    rng = np.random.default_rng(4)
+    draw = lambda: jax.tree.map(lambda s: rng.normal(size=s), shapes,
+                                is_leaf=lambda x: isinstance(x, tuple))
+    p0, g1, g2 = draw(), draw(), draw()
+    tx = make_tx("muon", schedule, lr=peak, steps=steps, optimizer_options=dict(
+        adam_b1=b1, adam_b2=b2, eps=eps, weight_decay=wd, adam_lr_ratio=ratio))
+    sched = optim.get_schedule(schedule)
+    lr = sched.build(sched.config_cls(), peak, 0, steps)
+    f32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)))
+    params = f32(p0)
+    u1, state = update(f32(g1), tx.init(params), params)
+    u2, _ = update(f32(g2), state, optax.apply_updates(params, u1))
+    for (path, x0), a, b, got1, got2 in zip(jax.tree_util.tree_flatten_with_path(p0)[0],
+                                             jax.tree.leaves(g1), jax.tree.leaves(g2),
+                                             jax.tree.leaves(u1), jax.tree.leaves(u2)):
+        dec = decayed[partition.path_str(path).split("/")[-1]]
+        m, v, x, want = np.zeros_like(a), np.zeros_like(a), x0, []
+        for t, g in ((1, a), (2, b)):
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1 ** t)
+            step = m_hat / (np.sqrt(v / (1 - b2 ** t)) + eps)
+            want.append(-ratio * float(lr(t - 1)) * (step + wd * dec * x))
+            x = x + want[-1]
+        for got, exp in zip((got1, got2), want):
+            np.testing.assert_allclose(np.asarray(got), exp, rtol=1e-4, atol=1e-7,
+                                       err_msg=partition.path_str(path))

@@ -158,3 +158,88 @@ def test_constant_and_cosine_stay_step_functions():
         cfg = TrainConfig(schedule=sched)
         state = optim.build_transform(cfg, 100).init({"w": jnp.zeros(2)})
         assert ordinal.find_state(state) is None
+
+
+# ---- one scripted stream, step by step: anneal -> patience -> anneal -> restart -> final ------
+# ema_decay 0 makes the EMA the loss itself. P(B) = round(2·2^(2−B)): 2 at the top level, 4 after
+# the first anneal, 8 after the second; a restart refills B = 2 and C = P(2) = 2.
+SCRIPT_CFG = dict(restarts=1, anneal_levels=2, patience=2, patience_growth=2.0, gamma=0.5,
+                  ema_decay=0.0, min_rel_improvement=0.01)
+
+
+def _stagnate(n, a, b, c_from, scale, loss=7.0):
+    return [(loss, (a, b, c), scale) for c in range(c_from, c_from - n, -1)]
+
+
+SCRIPT = [  # (loss, (A, B, C) after the step, lr scale after the step)
+    (10.0, (1, 2, 2), 1.0),  # the first loss sets the best
+    (9.0, (1, 2, 2), 1.0),  # beats it by more than 1 %: improvement, rank kept
+    (8.95, (1, 2, 1), 1.0),  # better, but by less than 1 %: stagnation
+    (8.0, (1, 2, 1), 1.0),  # improvement moves the best but does NOT refill the patience
+    (8.0, (1, 1, 4), 0.5),  # patience spent: anneal, C <- P(1) = 4, the best forgotten
+    (8.0, (1, 1, 4), 0.5),  # so the level's first loss is an improvement, even at the old best
+    *_stagnate(2, 1, 1, 3, 0.5, loss=8.0),
+    (7.0, (1, 1, 2), 0.5),
+    (7.0, (1, 1, 1), 0.5),
+    (7.0, (1, 0, 8), 0.25),  # second anneal: C <- P(0) = 8
+    (7.0, (1, 0, 8), 0.25),
+    *_stagnate(7, 1, 0, 7, 0.25),
+    (7.0, (0, 2, 2), 1.0),  # the 8th stagnation: restart, B <- 2, C <- P(2) = 2, lr at the peak
+    (7.0, (0, 2, 2), 1.0),
+    (7.0, (0, 2, 1), 1.0),
+    (7.0, (0, 1, 4), 0.5),
+    (7.0, (0, 1, 4), 0.5),
+    *_stagnate(3, 0, 1, 3, 0.5),
+    (7.0, (0, 0, 8), 0.25),
+    (7.0, (0, 0, 8), 0.25),
+    *_stagnate(7, 0, 0, 7, 0.25),
+    (7.0, (0, 0, 0), 0.25),  # no restart left: the final rank
+    (1.0, (0, 0, 0), 0.25),  # final: even a large improvement changes nothing
+]
+
+
+def test_scripted_stream_step_by_step():
+    """Every step's rank, learning rate and applied update through two anneals, a restart and
+    the final rank: an off-by-one in the patience, a counter not refilled (or refilled with the
+    old level's P) at an anneal or restart, or a best not forgotten at a limit all show here."""
+    tx = make_tx("adamw", "ordinal", lr=LR, schedule_options=SCRIPT_CFG,
+                 optimizer_options={"weight_decay": 0.0})
+    params = {"w": jnp.zeros(3)}
+
+    @jax.jit
+    def run(losses):
+        def body(state, loss):
+            # A constant gradient: every AdamW step is -lr per coordinate, restarts included.
+            u, state = tx.update({"w": jnp.ones(3)}, state, params, value=loss)
+            s = ordinal.find_state(state)
+            return state, (s.restarts, s.levels, s.patience, s.lr_scale, s.learning_rate, u["w"])
+
+        return jax.lax.scan(body, tx.init(params), losses)[1]
+
+    a, b, c, scale, lr, upd = (np.asarray(x) for x in run(jnp.asarray([x[0] for x in SCRIPT])))
+    for t, (loss, rank_after, scale_after) in enumerate(SCRIPT):
+        assert (a[t], b[t], c[t]) == rank_after, (t, loss)
+        assert scale[t] == scale_after and np.isclose(lr[t], LR * scale_after), (t, loss)
+    np.testing.assert_allclose(upd, -lr[:, None] * np.ones((1, 3)), rtol=1e-5)
+
+
+def test_loss_ema_follows_its_recursion():
+    """The EMA starts at the first loss and then mixes in each loss with weight 1 − β."""
+    beta = 0.7
+    tx = make_tx("adamw", "ordinal", lr=LR, schedule_options={**SCRIPT_CFG, "ema_decay": beta})
+    params = {"w": jnp.zeros(2)}
+    losses = np.random.default_rng(0).uniform(1.0, 5.0, 12).astype(np.float32)
+
+    @jax.jit
+    def run(losses):
+        def body(state, loss):
+            _, state = tx.update({"w": jnp.ones(2)}, state, params, value=loss)
+            return state, ordinal.find_state(state).ema
+
+        return jax.lax.scan(body, tx.init(params), losses)[1]
+
+    ema, expected = [], losses[0]
+    for x in losses:
+        expected = beta * expected + (1 - beta) * x
+        ema.append(expected)
+    np.testing.assert_allclose(np.asarray(run(jnp.asarray(losses))), ema, rtol=1e-5)
