@@ -147,6 +147,15 @@ def test_val_set_is_fixed_and_disjoint_from_train(data, data_fresh, shards):
     val_texts = set(corpus.iter_texts(shards[-1]))
     assert val_texts and not (val_texts & train_texts)
     assert not (_rows(data.val_batches()) & _rows(data._train_windows))
+    # Window rows can miss a leak (the val shard's tokens land at another offset): count tokens.
+    train_stream = data_module._token_stream(shards[:-1], data.tokenizer)
+    assert data.describe()["n_train_tokens"] == len(train_stream)
+
+
+def test_val_set_rounds_up_to_whole_batches(data):
+    """val_tokens that is not a multiple of batch_size * seq_len asks for one batch more."""
+    assert 1000 % (CFG.batch_size * CFG.seq_len) and data.val_batches().shape[0] == 8
+    assert build_data(CFG.replace(val_tokens=1000)).val_batches().shape[0] == 8  # ceil(1000 / 128)
 
 
 def test_describe_is_json_and_counts(data, cache_root):

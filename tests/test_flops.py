@@ -25,11 +25,34 @@ def test_counted_flops_agree_with_the_analytic_estimate(name):
 
 
 def test_loops_are_charged_per_iteration():
-    """Four reversible layers run in one scan: the count must grow with the layer count."""
-    def count(layers):
-        cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=layers, n_heads=4, n_kv_heads=4,
-                          max_seq_len=T, attention="reversible")
-        return step_flops(cfg, TrainConfig(), (B, T + 1))
+    """Reversible layers run in one scan: the count must grow linearly with the layer count, by
+    what the analytic count says a layer costs (a scan charged once would add only the
+    optimizer's per-parameter work, which is also linear in depth but ~100x smaller)."""
+    def cfg(layers):
+        return ModelConfig(vocab_size=512, d_model=64, n_layers=layers, n_heads=4, n_kv_heads=4,
+                           max_seq_len=T, attention="reversible")
 
-    two, four, eight = count(2), count(4), count(8)
+    two, four, eight = (step_flops(cfg(n), TrainConfig(), (B, T + 1)) for n in (2, 4, 8))
     assert (eight - four) == pytest.approx(2 * (four - two), rel=0.02) and four > two
+    per_layer = (analytic_train_flops_per_step(cfg(4), B, T) - analytic_train_flops_per_step(cfg(2), B, T)) / 2
+    assert 0.6 < (four - two) / 2 / per_layer < 1.7, ((four - two) / 2, per_layer)
+
+
+def test_analytic_estimate_adds_up_per_layer():
+    """The hand count of the 6N-style rule, no compilation: per layer the algebra's own entry plus
+    the MLP's two D x 4D matmuls (2 FLOPs per multiply-add), or a whole-layer count where an
+    algebra registers one; plus the head; a train step is 3x the forward (backward = 2x)."""
+    from mgr.train.flops import analytic_forward_flops_per_token
+
+    d, v, layers = 64, 512, 3
+    for name in ("standard", "reversible"):
+        cfg = ModelConfig(vocab_size=v, d_model=d, n_layers=layers, n_heads=4, n_kv_heads=4,
+                          max_seq_len=T, attention=name)
+        entry = attention.get(name)
+        if entry.layer_flops is not None:
+            layer = entry.layer_flops(cfg, T)
+        else:
+            layer = entry.flops_per_token(cfg.attention_dims(), cfg.algebra_config(name), T) + 65536.0
+        forward = analytic_forward_flops_per_token(cfg, T)
+        assert forward == pytest.approx(layers * layer + 65536.0), name  # head: 2 * 64 * 512
+        assert analytic_train_flops_per_step(cfg, B, T) == pytest.approx(3 * B * T * forward)

@@ -84,3 +84,23 @@ def test_decoder_state_roundtrip(tmp_path, decoder_params):
     tx = make_tx("muon", "ordinal", lr=0.01, grad_clip=1.0,
                  schedule_options=SCHEDULE_OPTIONS["ordinal"])
     check_roundtrip(tx, loss_fn, params, tmp_path / "ckpt", steps=2)
+
+
+def test_trainer_checkpointer_keeps_the_newest_two_and_restores_any_step(tmp_path):
+    """mgr.train.checkpoint: state, data-iterator state and meta come back from the step asked
+    for (the newest by default), and only the newest two periodic checkpoints are kept."""
+    from mgr.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "ckpts")
+    saved = {}
+    for step in (1, 2, 3):
+        saved[step] = ({"w": jnp.full(3, float(step)), "n": jnp.int32(step)}, {"index": 10 * step},
+                       {"step": step, "val_curve": [[step, 0.0, 1.0 / step]], "best_val": 1.0 / step,
+                        "train_seconds": 0.5 * step, "train_loss": 2.0 / step})
+        ckpt.save(step, *saved[step])
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 3]
+    for step, got in ((3, ckpt.restore(saved[1][0])), (2, ckpt.restore(saved[1][0], step=2))):
+        assert_trees_identical(got[0], saved[step][0])
+        assert got[1] == saved[step][1] and got[2] == saved[step][2], step
+    ckpt.close()

@@ -68,3 +68,45 @@ def test_rosenbrock(name):
     p, losses = minimise(tx, rosenbrock, {"w": jnp.array([-1.2, 1.0])}, steps)
     assert float(rosenbrock(p)) < 1e-4, float(rosenbrock(p))
     np.testing.assert_allclose(np.asarray(p["w"]), [1.0, 1.0], atol=2e-2)
+
+
+# ---- the default paths pinned to their closed forms (what the convergence runs cannot see) ----
+
+def test_adamw_second_step_is_the_closed_form_with_decay_on_matrices_only():
+    """Two AdamW steps by hand (bias-corrected moments at b1 != b2, decoupled decay on the
+    embedding, head and hidden matrix, none on the vector): catches swapped betas and masks."""
+    rng = np.random.default_rng(1)
+    shapes = {"embed": {"table": (3, 2)}, "blocks": {"kernel": (2, 2), "scale": (2,)},
+              "head": {"kernel": (2, 3)}}
+    decayed = {"embed": {"table": 1.0}, "blocks": {"kernel": 1.0, "scale": 0.0}, "head": {"kernel": 1.0}}
+    leaf = lambda: {k: {n: rng.normal(size=s) for n, s in v.items()} for k, v in shapes.items()}
+    p0, g1, g2 = leaf(), leaf(), leaf()
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.95, 1e-8, 0.1
+    tx = make_tx("adamw", lr=lr, optimizer_options=dict(b1=b1, b2=b2, eps=eps, weight_decay=wd))
+    f32 = lambda t: {k: {n: jnp.asarray(x, jnp.float32) for n, x in v.items()} for k, v in t.items()}
+    params, state = f32(p0), tx.init(f32(p0))
+    u1, state = tx.update(f32(g1), state, params)
+    params = {k: {n: params[k][n] + u1[k][n] for n in v} for k, v in params.items()}
+    u2, _ = tx.update(f32(g2), state, params)
+    for k, v in shapes.items():
+        for n in v:
+            m, s = (1 - b1) * g1[k][n], (1 - b2) * g1[k][n] ** 2
+            w1 = p0[k][n] - lr * (g1[k][n] / (np.abs(g1[k][n]) + eps) + wd * decayed[k][n] * p0[k][n])
+            m, s = b1 * m + (1 - b1) * g2[k][n], b2 * s + (1 - b2) * g2[k][n] ** 2
+            step = (m / (1 - b1 ** 2)) / (np.sqrt(s / (1 - b2 ** 2)) + eps)
+            np.testing.assert_allclose(u2[k][n], -lr * (step + wd * decayed[k][n] * w1),
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{k}/{n}")
+
+
+def test_schedules_follow_their_closed_forms():
+    """Linear warmup from 0 reaching the peak at `warmup_steps`, then constant or a cosine that
+    ends at final_fraction x peak at `total_steps` (optax counts the warmup inside the decay)."""
+    peak, warmup, total = 2.0, 4, 20
+    const = optim.get_schedule("constant")
+    lr = const.build(const.config_cls(), peak, warmup, total)
+    np.testing.assert_allclose([float(lr(s)) for s in range(7)], [0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    cos = optim.get_schedule("cosine")
+    lr = cos.build(cos.config_cls(final_fraction=0.1), peak, warmup, total)
+    mid = 0.2 + (peak - 0.2) * 0.5 * (1 + np.cos(np.pi * 8 / 16))
+    np.testing.assert_allclose([float(lr(s)) for s in (0, 2, 4, 12, 20, 25)],
+                               [0.0, 1.0, peak, mid, 0.2, 0.2], rtol=1e-5, atol=1e-7)
