@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     from mgr.runtime import artifacts, env
 
     run_id, t_start = artifacts.new_run_id(), time.perf_counter()
+    git = env.git_info(REPO)  # of the tree the copies are taken from, now
     files = repo_files()
     workers = [Worker(i, files) for i in range(max(1, args.jobs))]
     try:
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
             w.close()
 
     summary = summarise(chosen, results, run_id=run_id, seconds=time.perf_counter() - t_start,
-                        meta={"git": env.git_info(REPO), "command": env.command_line(),
+                        meta={"git": git, "command": env.command_line(),
                               "versions": env.versions(), "jobs": len(workers),
                               "sanity": {"id": SANITY.id, "caught": True, "detail": sanity["detail"]}})
     out = REPO / "artifacts" / "mutation" / run_id
