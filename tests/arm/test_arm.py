@@ -54,9 +54,9 @@ def _log(line: str) -> None:
 
 
 def test_packages_import():
-    """Every module of the three packages imports: their whole dependency set has aarch64 wheels."""
+    """Every module of the four packages imports: their whole dependency set has aarch64 wheels."""
     imported = []
-    for top in ("mgr", "attention", "optim"):
+    for top in ("mgr", "attention", "optim", "core"):
         pkg = importlib.import_module(top)
         imported.append(top)
         for mod in pkgutil.walk_packages(pkg.__path__, top + "."):
