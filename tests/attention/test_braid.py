@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from cache_checks import check_chunks_continue_from_a_constant_cache
 from hypothesis import given, settings, strategies as st
 
 import attention
@@ -119,15 +120,7 @@ def test_causal_and_continues_from_a_constant_cache(braid):
     4 and 8 tokens; later inputs never reach earlier outputs. (Token-by-token decoding is the
     contract suite's.)"""
     module, call = braid
-    x = inputs()
-    full, _ = call(x, POS, module.init_cache(B))
-    y0, mid = call(x[:, :4], POS[:, :4], module.init_cache(B))
-    y1, end = call(x[:, 4:], POS[:, 4:], mid)
-    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, atol=1e-5, rtol=1e-4)
-    assert jax.tree.map(jnp.shape, mid) == jax.tree.map(jnp.shape, end)
-    late, _ = call(x.at[:, 4:].add(3.0), POS, module.init_cache(B))
-    np.testing.assert_allclose(late[:, :4], full[:, :4], atol=1e-6)
-    assert float(jnp.max(jnp.abs(late[:, 4:] - full[:, 4:]))) > 1e-3
+    check_chunks_continue_from_a_constant_cache(module, call, inputs(), POS)
 
 
 def test_module_output_depends_on_relative_positions_only(braid):

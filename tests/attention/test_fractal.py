@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from cache_checks import check_chunks_continue_from_a_constant_cache
 from hypothesis import given, settings, strategies as st
 
 import attention
@@ -132,14 +133,7 @@ def test_causal_and_continues_from_a_constant_cache(fractal):
     with rope off (the default) shifting every position changes nothing."""
     module, call, _ = fractal
     x = jax.random.normal(jax.random.key(3), (B, T, DIMS.d_model))
-    full, _ = call(x, POS, module.init_cache(B))
-    y0, mid = call(x[:, :4], POS[:, :4], module.init_cache(B))
-    y1, end = call(x[:, 4:], POS[:, 4:], mid)
-    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, atol=1e-5, rtol=1e-4)
-    assert jax.tree.map(jnp.shape, mid) == jax.tree.map(jnp.shape, end)
-    late, _ = call(x.at[:, 4:].add(3.0), POS, module.init_cache(B))
-    np.testing.assert_allclose(late[:, :4], full[:, :4], atol=1e-6)
-    assert float(jnp.max(jnp.abs(late[:, 4:] - full[:, 4:]))) > 1e-3
+    full = check_chunks_continue_from_a_constant_cache(module, call, x, POS)
     np.testing.assert_allclose(call(x, POS + 13, module.init_cache(B))[0], full, atol=1e-6)
 
 
