@@ -80,9 +80,9 @@ def test_suite_records_budget_resume_and_report(tmp_path, data):
     assert (suite / "run.md").read_text() == render_suite_md(regenerated)
     assert (suite / "curves.png").stat().st_size > 5000
     # resume: nothing is retrained
-    stamps = {p: p.stat().st_mtime_ns for p in suite.glob("*/seed_*/summary.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in suite.glob("*/b_*/lr_*/seed_*/summary.json")}
     again = run_bench(cfg, suite, tmp_path, data=data)
-    assert {p: p.stat().st_mtime_ns for p in suite.glob("*/seed_*/summary.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in suite.glob("*/b_*/lr_*/seed_*/summary.json")} == stamps
     assert [a["val_ce"] for a in again["arms"]] == [a["val_ce"] for a in summary["arms"]]
     # compare: a suite against itself passes; a worse candidate is a regression
     assert runner.invoke(app, ["compare", str(suite), str(suite)]).exit_code == 0
@@ -92,6 +92,35 @@ def test_suite_records_budget_resume_and_report(tmp_path, data):
     result = runner.invoke(app, ["compare", str(suite), str(tmp_path / "worse.json")])
     assert result.exit_code == 1 and "regression" in result.stdout
     assert runner.invoke(app, ["compare", str(suite), str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_lr_grid_and_budgets_choose_on_the_tuning_half_and_fit_a_curve(tmp_path, data):
+    cfg = bench(lr_grid=(1e-2, 2e-3), budgets=(8e8, 1.6e9))
+    suite = tmp_path / "grid"
+    summary = run_bench(cfg, suite, tmp_path, data=data)
+    recs = {str(p.relative_to(suite)): json.loads(p.read_text())
+            for p in suite.glob("*/b_*/lr_*/seed_*/summary.json")}
+    assert len(recs) == 4
+    for rec in recs.values():
+        res = rec["results"]
+        # the two halves of the validation tokens: disjoint batches, so different numbers, whose
+        # mean is the whole set's CE (equal halves)
+        assert res["val_ce_tune_final"] != res["val_ce_report_final"]
+        assert (res["val_ce_tune_final"] + res["val_ce_report_final"]) / 2 == pytest.approx(res["val_ce_final"])
+    rows = summary["evidence"]["rows"]
+    assert sorted(r["budget"] for r in rows) == [8e8, 1.6e9]
+    for row in rows:
+        at = {k: r for k, r in recs.items() if r["budget"]["target_flops"] == row["budget"]}
+        tune = {r["config"]["train"]["learning_rate"]: r["results"]["val_ce_tune_final"] for r in at.values()}
+        assert row["best_lr"] == min(tune, key=tune.get)  # lower CE is better, on the tuning half only
+        (chosen,) = [r for r in at.values() if r["config"]["train"]["learning_rate"] == row["best_lr"]]
+        assert row["score"]["mean"] == chosen["results"]["val_ce_report_final"]
+        assert row["sensitivity"] == pytest.approx(abs(tune[1e-2] - tune[2e-3]))
+    (fit,) = summary["evidence"]["fits"]
+    assert fit["arm"] == "standard-adamw-cosine" and len(fit["points"]) == 2
+    (arm,) = summary["arms"]
+    assert arm["budget"] == 1.6e9 and arm["best_lr"] in (1e-2, 2e-3)
+    assert summary["evidence"]["gates"]["standard"]["passed"]
 
 
 def test_failing_configuration_is_recorded_and_the_suite_goes_on(tmp_path, data, monkeypatch):

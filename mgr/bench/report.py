@@ -10,35 +10,35 @@ import json
 from pathlib import Path
 
 from mgr.runtime import artifacts
-from mgr.bench import stats
+from mgr.bench import evidence, stats
 
 SCHEMA = "mgr.bench.fixed_flops.v1"
-ALPHA = 0.05
 
 
-def _runs(suite_dir: Path) -> dict[str, list[dict]]:
-    arms: dict[str, list[dict]] = {}
-    for path in sorted(suite_dir.glob("*/seed_*/summary.json")):
+def _runs(suite_dir: Path) -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(suite_dir.glob("*/b_*/lr_*/seed_*/summary.json")):
         try:
-            summary = json.loads(path.read_text())
+            out.append((str(path.relative_to(suite_dir)), json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError):
             continue
-        seed = int(path.parent.name.removeprefix("seed_"))
-        arms.setdefault(path.parent.parent.name, []).append({"seed": seed, "summary": summary})
-    return arms
+    return out
 
 
-def _run_row(seed: int, s: dict, suite_dir: Path, arm: str) -> dict:
+def _run_row(rel: str, s: dict) -> dict:
     res, budget = s.get("results", {}), s.get("budget", {})
+    arm, b, lr, seed = Path(rel).parent.parts
     return {
-        "seed": seed, "status": s.get("status"), "reason": s.get("reason"),
-        "val_ce": res.get("val_ce_final"), "steps": budget.get("steps"),
+        "seed": int(seed[5:]), "lr": float(lr[3:]), "budget": float(b[2:]), "arm": arm,
+        "status": s.get("status"), "reason": s.get("reason"),
+        "val_ce": res.get("val_ce_final"), "val_ce_tune": res.get("val_ce_tune_final"),
+        "val_ce_report": res.get("val_ce_report_final"), "steps": budget.get("steps"),
         "flops_per_step_xla": budget.get("flops_per_step_xla"),
         "flops_per_step_analytic": budget.get("flops_per_step_analytic"),
         "tokens_per_second": res.get("tokens_per_second"),
         "achieved_flops_per_second": res.get("achieved_flops_per_second"),
         "compile_seconds": res.get("compile_seconds"), "peak_memory_bytes": res.get("peak_memory_bytes"),
-        "val_curve": res.get("val_curve") or [], "path": f"{arm}/seed_{seed}/summary.json",
+        "val_curve": res.get("val_curve") or [], "path": rel,
     }
 
 
@@ -47,62 +47,73 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def _gates(suite_dir: Path) -> dict:
+    out = {}
+    for path in sorted((suite_dir / "gates").glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
 def aggregate(suite_dir: Path, bench: dict) -> dict:
-    """The suite summary: per arm statistics, deltas vs the baseline arm, conclusions."""
-    found = _runs(suite_dir)
+    """The suite summary: the evidence section (every budget, the learning rate chosen on the
+    tuning half of the validation tokens, scores on the reported half, Holm-corrected tests),
+    and per arm its headline at the largest budget."""
+    rows = [_run_row(rel, s) for rel, s in _runs(suite_dir)]
     order = [f"{a}-{o}-{s}" for a in bench["attention"] for o in bench["optimizer"] for s in bench["schedule"]]
-    order += sorted(set(found) - set(order))
+    order += sorted({r["arm"] for r in rows} - set(order))
+    base_name = bench.get("baseline") or (order[0] if order else None)
+    split = {r["arm"]: r["arm"].rsplit("-", 2) for r in rows}
+    scores = [{"task": "lm", "arm": r["arm"], "attention": split[r["arm"]][0], "optimizer": split[r["arm"]][1],
+               "schedule": split[r["arm"]][2], "budget": r["budget"], "lr": r["lr"], "seed": r["seed"],
+               "status": r["status"], "tune": r["val_ce_tune"] if r["status"] == "ok" else None,
+               "report": r["val_ce_report"] if r["status"] == "ok" else None, "slices": {},
+               "steps": r["steps"], "state_bytes": None, "source": r["path"]} for r in rows]
+    ev = evidence.build(scores, metric="val_ce", higher_is_better=False, baseline=base_name,
+                        gates=_gates(suite_dir))
     arms = []
     for name in order:
-        runs = sorted((_run_row(r["seed"], r["summary"], suite_dir, name) for r in found.get(name, [])),
-                      key=lambda r: r["seed"])
-        ok = [r["val_ce"] for r in runs if r["status"] == "ok" and r["val_ce"] is not None]
+        mine = [r for r in ev["rows"] if r["arm"] == name]
+        head = max(mine, key=lambda r: r["budget"]) if mine else None
+        runs = sorted((r for r in rows if r["arm"] == name and head and r["budget"] == head["budget"]
+                       and r["lr"] == head["best_lr"]), key=lambda r: r["seed"])
+        everything = [r for r in rows if r["arm"] == name]
+        v = head and head["vs_baseline"]
         arms.append({
-            "arm": name, "runs": runs, "val_ce": stats.describe(ok),
-            "statuses": {st: sum(r["status"] == st for r in runs) for st in {r["status"] for r in runs}},
+            "arm": name, "runs": runs, "val_ce": head["score"] if head else stats.describe([]),
+            "budget": head and head["budget"], "best_lr": head and head["best_lr"],
+            "sensitivity": head and head["sensitivity"],
+            "statuses": {st: sum(r["status"] == st for r in everything) for st in {r["status"] for r in everything}},
+            "failed_runs": [r for r in everything if r["status"] != "ok"],
             "steps": _mean([r["steps"] for r in runs]),
             "flops_per_step_xla": _mean([r["flops_per_step_xla"] for r in runs]),
             "tokens_per_second": _mean([r["tokens_per_second"] for r in runs]),
             "achieved_flops_per_second": _mean([r["achieved_flops_per_second"] for r in runs]),
             "compile_seconds": _mean([r["compile_seconds"] for r in runs]),
             "peak_memory_bytes": _mean([r["peak_memory_bytes"] for r in runs]),
-            "_ok": ok,
+            "delta_vs_baseline": v and {"diff": v["diff"], "welch": {"p_value": v["p"]}, "p_holm": v["p_holm"],
+                                        "effect_size": v["effect_size"], "significant": v["significant"]},
         })
-    base_name = bench.get("baseline") or (order[0] if order else None)
-    base = next((a for a in arms if a["arm"] == base_name), None)
-    for arm in arms:
-        arm["delta_vs_baseline"] = None
-        if base is not None and arm is not base and arm["_ok"] and base["_ok"]:
-            diff = arm["val_ce"]["mean"] - base["val_ce"]["mean"]
-            test = stats.welch(arm["_ok"], base["_ok"])
-            arm["delta_vs_baseline"] = {"diff": diff, "welch": test,
-                                        "significant": bool(test and test["p_value"] < ALPHA)}
-    for arm in arms:
-        del arm["_ok"]
-    return {"schema_version": SCHEMA, "meta": artifacts.provenance(suite_dir.name), "bench": bench,
-            "baseline": base_name, "arms": arms, "conclusions": _conclusions(arms, base_name)}
+    return {"schema_version": SCHEMA, "kind": "fixed_flops", "meta": artifacts.provenance(suite_dir.name),
+            "bench": bench, "baseline": base_name, "arms": arms, "evidence": ev,
+            "conclusions": _conclusions(arms, ev, base_name)}
 
 
-def _conclusions(arms: list[dict], base_name: str | None) -> dict:
+def _conclusions(arms: list[dict], ev: dict, base_name: str | None) -> dict:
     scored = [a for a in arms if a["val_ce"]["mean"] is not None]
     if not scored:
-        return {"best_arm": None, "text": ["no configuration finished with status ok"]}
+        return {"best_arm": None, "significant": [], "text": ["no configuration finished with status ok"]
+                + ev["conclusions"]}
     best = min(scored, key=lambda a: a["val_ce"]["mean"])
-    text = [f"best arm by mean validation CE: {best['arm']} ({best['val_ce']['mean']:.4f})"]
-    sig = [a for a in arms if a["delta_vs_baseline"] and a["delta_vs_baseline"]["significant"]]
-    for a in sig:
-        d = a["delta_vs_baseline"]
-        word = "better" if d["diff"] < 0 else "worse"
-        text.append(f"{a['arm']} is significantly {word} than {base_name}: Δ {d['diff']:+.4f}, "
-                    f"p = {d['welch']['p_value']:.3g} (Welch)")
-    if not any(a["delta_vs_baseline"] and a["delta_vs_baseline"]["welch"] for a in arms):
-        text.append("no significance tests: they need at least 2 finished seeds per arm")
-    elif not sig:
-        text.append(f"no arm differs significantly from {base_name} at p < {ALPHA}")
-    failed = [a["arm"] for a in arms if any(s != "ok" for s in a["statuses"])]
+    text = [f"best arm by mean validation CE (reported half, at its best learning rate): {best['arm']} "
+            f"({best['val_ce']['mean']:.4f})"] + ev["conclusions"]
+    failed = [a["arm"] for a in arms if a["failed_runs"]]
     if failed:
         text.append("arms with failed runs: " + ", ".join(failed))
-    return {"best_arm": best["arm"], "significant": [a["arm"] for a in sig], "text": text}
+    sig = [a["arm"] for a in arms if a["delta_vs_baseline"] and a["delta_vs_baseline"]["significant"]]
+    return {"best_arm": best["arm"], "significant": sig, "text": text}
 
 
 def _f(x, fmt):
@@ -113,28 +124,34 @@ def render_suite_md(summary: dict) -> str:
     """`run.md` of a suite, from its summary alone."""
     b, meta = summary["bench"], summary["meta"]
     lines = [f"# Fixed-FLOPs benchmark `{meta['run_id']}`", "",
-             f"- budget: {b['target_flops']:.3g} XLA-counted FLOPs per configuration; seeds {b['seeds']}",
+             f"- budgets: {', '.join(f'{x:.3g}' for x in (b.get('budgets') or [b['target_flops']]))} XLA-counted "
+             f"FLOPs per configuration; seeds {b['seeds']}; learning rates "
+             f"{b.get('lr_grid') or [b.get('train', {}).get('learning_rate')]} (chosen per arm on the tuning "
+             "half of the validation tokens, reported on the other half)",
              f"- baseline arm: {summary['baseline']}; commit `{meta['git']['commit'][:12]}`"
              + (" (dirty)" if meta["git"].get("dirty") else ""),
              f"- device: {meta['device']['platform']} x{meta['device']['count']} ({meta['device'].get('cpu_arch')})",
-             "", "| arm | val CE mean ± std | 95% CI | Δ vs baseline | p (Welch) | steps | tokens/s "
-             "| GFLOP/s | compile s | peak MB | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| arm | val CE mean ± std | 95% CI | Δ vs baseline | p (Welch) | Holm p | g | best lr "
+             "| steps | tokens/s | GFLOP/s | compile s | peak MB | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in summary["arms"]:
         v, d = a["val_ce"], a["delta_vs_baseline"]
         p = d["welch"]["p_value"] if d and d["welch"] else None
         status = ", ".join(f"{k} {n}" for k, n in sorted(a["statuses"].items()))
         lines.append(
             f"| {a['arm']} | {_f(v['mean'], '.4f')} ± {_f(v['std'], '.4f')} | {_f(v['ci95'], '.4f')} "
-            f"| {_f(d and d['diff'], '+.4f')} | {_f(p, '.3g')} | {_f(a['steps'], '.0f')} "
+            f"| {_f(d and d['diff'], '+.4f')}{' *' if d and d['significant'] else ''} | {_f(p, '.3g')} "
+            f"| {_f(d and d['p_holm'], '.3g')} | {_f(d and d['effect_size'], '.2f')} | {_f(a['best_lr'], 'g')} "
+            f"| {_f(a['steps'], '.0f')} "
             f"| {_f(a['tokens_per_second'], ',.0f')} | {_f(a['achieved_flops_per_second'] and a['achieved_flops_per_second'] / 1e9, '.1f')} "
             f"| {_f(a['compile_seconds'], '.2f')} | {_f(a['peak_memory_bytes'] and a['peak_memory_bytes'] / 2**20, '.1f')} "
             f"| {status} |")
-    lines += ["", "## Conclusions", ""] + [f"- {t}" for t in summary["conclusions"]["text"]]
-    failures = [(a["arm"], r) for a in summary["arms"] for r in a["runs"] if r["status"] != "ok"]
+    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05).",
+              "", "## Conclusions", ""] + [f"- {t}" for t in summary["conclusions"]["text"]]
+    failures = [r for a in summary["arms"] for r in a["failed_runs"]]
     if failures:
         lines += ["", "## Failed runs", ""]
-        lines += [f"- {arm} seed {r['seed']}: {r['status']} ({r['reason']})" for arm, r in failures]
+        lines += [f"- {r['path']}: {r['status']} ({r['reason']})" for r in failures]
     lines += ["", "![validation CE against FLOPs](curves.png)", ""]
     return "\n".join(lines)
 

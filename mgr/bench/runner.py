@@ -46,11 +46,12 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
     request_devices(cfg.train.get("devices"))  # before JAX starts its backends; flag or sweep
     maybe_init_distributed()
     console = Console(stderr=True)
-    total = len(cfg.arms()) * len(cfg.seeds)
+    total = len(list(cfg.runs()))
 
     def on_start() -> None:  # after the lock and the budget check, so a refusal stays one line
         console.print(f"[bold]fixed-FLOPs benchmark[/] {suite_dir.name}: {len(cfg.arms())} arms x "
-                      f"{len(cfg.seeds)} seeds at {cfg.target_flops:.3g} FLOPs each")
+                      f"{len(cfg.learning_rates())} learning rates x {len(cfg.seeds)} seeds at "
+                      f"{', '.join(f'{b:.3g}' for b in cfg.budget_list())} FLOPs each")
 
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
@@ -67,14 +68,16 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
                 console.print(desc)
 
         summary = run_bench(cfg, suite_dir, artifacts_root, on_start=on_start, on_result=on_result)
-    table = Table(title=f"validation CE at {cfg.target_flops:.3g} FLOPs", title_justify="left")
-    for col in ("arm", "val CE", "±95%", "Δ vs base", "p", "steps", "tok/s", "status"):
+    table = Table(title=f"validation CE (reported half) at {max(cfg.budget_list()):.3g} FLOPs",
+                  title_justify="left")
+    for col in ("arm", "val CE", "±95%", "Δ vs base", "Holm p", "g", "best lr", "steps", "tok/s", "status"):
         table.add_column(col)
     for a in summary["arms"]:
         v, d = a["val_ce"], a["delta_vs_baseline"]
-        p = d["welch"]["p_value"] if d and d["welch"] else None
-        table.add_row(a["arm"], _f(v["mean"], ".4f"), _f(v["ci95"], ".4f"), _f(d and d["diff"], "+.4f"),
-                      _f(p, ".3g"), _f(a["steps"], ".0f"), _f(a["tokens_per_second"], ",.0f"),
+        table.add_row(a["arm"], _f(v["mean"], ".4f"), _f(v["ci95"], ".4f"),
+                      _f(d and d["diff"], "+.4f") + (" *" if d and d["significant"] else ""),
+                      _f(d and d["p_holm"], ".3g"), _f(d and d["effect_size"], ".2f"), _f(a["best_lr"], "g"),
+                      _f(a["steps"], ".0f"), _f(a["tokens_per_second"], ",.0f"),
                       ", ".join(f"{k} {n}" for k, n in sorted(a["statuses"].items())))
     out = Console()
     out.print(table)

@@ -39,13 +39,29 @@ class BenchConfig:
     data: dict[str, Any] = field(default_factory=dict)    # DataConfig fields
     train: dict[str, Any] = field(default_factory=dict)   # TrainConfig fields
     timeout_s: float | None = None
+    # The fair protocol: a learning-rate grid per arm (empty: the train section's one rate),
+    # chosen on the tuning half of the validation tokens and reported on the other half; several
+    # budgets (empty: `target_flops` alone); the correctness gate before an algebra trains.
+    lr_grid: tuple[float, ...] = ()
+    budgets: tuple[float, ...] = ()
+    gate: bool = True
 
     def __post_init__(self):
         for name in ("attention", "optimizer", "schedule", "seeds"):
             if not getattr(self, name):
                 raise MgrError(f"the benchmark grid needs at least one {name}")
-        if self.target_flops <= 0:
-            raise MgrError("--target-flops must be positive")
+        if self.target_flops <= 0 or any(b <= 0 for b in self.budgets):
+            raise MgrError("--target-flops and --budgets must be positive")
+        if any(lr <= 0 for lr in self.lr_grid):
+            raise MgrError("--lr-grid values must be positive")
+        if len(set(self.lr_grid)) != len(self.lr_grid) or len(set(self.budgets)) != len(self.budgets):
+            raise MgrError("--lr-grid and --budgets must not repeat a value")
+
+    def learning_rates(self) -> tuple[float, ...]:
+        return self.lr_grid or (float(self.train.get("learning_rate", TrainConfig.learning_rate)),)
+
+    def budget_list(self) -> tuple[float, ...]:
+        return self.budgets or (self.target_flops,)
 
     def arms(self) -> list[tuple[str, str, str]]:
         return list(itertools.product(self.attention, self.optimizer, self.schedule))
@@ -53,18 +69,32 @@ class BenchConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
-    def configs(self, attention: str, optimizer: str, schedule: str, seed: int):
+    def configs(self, attention: str, optimizer: str, schedule: str, seed: int,
+                lr: float | None = None, budget: float | None = None):
         data = DataConfig(**self.data)
         model = ModelConfig(**{"max_seq_len": data.seq_len, **self.model, "attention": attention,
                                "vocab_size": data.vocab_size})
         train = TrainConfig(**{**self.train, "optimizer": optimizer, "schedule": schedule, "seed": seed,
-                               "steps": None, "target_flops": self.target_flops,
+                               "steps": None, "target_flops": budget or self.budget_list()[0],
+                               "learning_rate": lr or self.learning_rates()[0],
                                "time_limit_s": self.timeout_s, "checkpoints": False})
         return model, data, train
+
+    def runs(self):
+        """(attention, optimizer, schedule, budget, lr, seed) in the order they train: an arm's
+        runs together, so its compiled programs are reused across seeds."""
+        for arm in self.arms():
+            for budget, lr, seed in itertools.product(self.budget_list(), self.learning_rates(), self.seeds):
+                yield (*arm, budget, lr, seed)
 
 
 def arm_name(attention: str, optimizer: str, schedule: str) -> str:
     return f"{attention}-{optimizer}-{schedule}"
+
+
+def run_path(attention: str, optimizer: str, schedule: str, budget: float, lr: float, seed: int) -> str:
+    """A configuration's directory inside its suite (the report reads these back)."""
+    return f"{arm_name(attention, optimizer, schedule)}/b_{budget:.3g}/lr_{lr:g}/seed_{seed}"
 
 
 def load_sweep(path: Path) -> dict:
@@ -78,6 +108,7 @@ def load_sweep(path: Path) -> dict:
     grid, budget = raw.get("grid", {}), raw.get("budget", {})
     out = {k: tuple(v) for k, v in grid.items() if k in ("attention", "optimizer", "schedule", "seeds")}
     out.update({k: budget[k] for k in ("target_flops", "timeout_s", "baseline") if k in budget})
+    out.update({k: tuple(budget[k]) for k in ("lr_grid", "budgets") if k in budget})
     for section in ("model", "data", "train"):
         if section in raw:
             out[section] = dict(raw[section])
@@ -103,8 +134,9 @@ def preflight(cfg: BenchConfig) -> None:
         model, data, train = cfg.configs(*arm, cfg.seeds[0])
         worst = max(worst, step_flops(model, train, (data.batch_size, data.seq_len + 1)))
     min_steps = train_cfg.min_steps
-    if cfg.target_flops < worst * min_steps:
-        raise MgrError(f"--target-flops {cfg.target_flops:.3g} gives the costliest arm fewer than "
+    smallest = min(cfg.budget_list())
+    if smallest < worst * min_steps:
+        raise MgrError(f"budget {smallest:.3g} gives the costliest arm fewer than "
                        f"{min_steps} steps; the smallest budget that works is {worst * min_steps:.3g}")
 
 
@@ -132,28 +164,33 @@ def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result
     from mgr.bench.report import write_suite
     from mgr.train import train
 
-    for attention, optimizer, schedule in cfg.arms():
-        for seed in cfg.seeds:
-            run_dir = suite_dir / arm_name(attention, optimizer, schedule) / f"seed_{seed}"
-            done = _finished(run_dir)
-            if done is None:
-                if run_dir.exists():  # a configuration cut short by a kill: start it again
-                    shutil.rmtree(run_dir)
-                model, dcfg, tcfg = cfg.configs(attention, optimizer, schedule, seed)
-                try:
-                    done = train(model, dcfg, tcfg, run_dir=run_dir, artifacts_root=artifacts_root, data=data)
-                except MgrError as e:  # e.g. this arm's own budget check: record it, go on
-                    done = _error_record(run_dir, str(e))
-                except Exception as e:  # noqa: BLE001 - one broken configuration never stops a sweep
-                    first = (str(e).strip().splitlines() or [""])[0][:300]
-                    done = _error_record(run_dir, f"{type(e).__name__}: {first}")
-            write_suite(suite_dir, cfg.to_dict())
-            if on_result:
-                on_result(done)
+    gates: dict[str, dict] = {}
+    for attention, optimizer, schedule, budget, lr, seed in cfg.runs():
+        if attention not in gates:
+            gates[attention] = gate_once(suite_dir, attention, cfg.model.get("attention_options", {})
+                                         .get(attention), enabled=cfg.gate)
+        run_dir = suite_dir / run_path(attention, optimizer, schedule, budget, lr, seed)
+        done = finished_record(run_dir)
+        if done is None and not gates[attention]["passed"]:
+            continue  # a gated-out algebra trains nothing; the suite record says why
+        if done is None:
+            if run_dir.exists():  # a configuration cut short by a kill: start it again
+                shutil.rmtree(run_dir)
+            model, dcfg, tcfg = cfg.configs(attention, optimizer, schedule, seed, lr, budget)
+            try:
+                done = train(model, dcfg, tcfg, run_dir=run_dir, artifacts_root=artifacts_root, data=data)
+            except MgrError as e:  # e.g. this arm's own budget check: record it, go on
+                done = _error_record(run_dir, str(e))
+            except Exception as e:  # noqa: BLE001 - one broken configuration never stops a sweep
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                done = _error_record(run_dir, f"{type(e).__name__}: {first}")
+        write_suite(suite_dir, cfg.to_dict())
+        if on_result:
+            on_result(done)
     return write_suite(suite_dir, cfg.to_dict())
 
 
-def _finished(run_dir: Path) -> dict | None:
+def finished_record(run_dir: Path) -> dict | None:
     path = run_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
@@ -177,11 +214,31 @@ def _check_same_suite(cfg: BenchConfig, suite_dir: Path) -> None:
     mine = cfg.to_dict()
     if path.exists():
         theirs = json.loads(path.read_text())
-        shared = {k for k in mine if k not in ("attention", "optimizer", "schedule", "seeds", "timeout_s")}
+        grid = ("attention", "optimizer", "schedule", "seeds", "timeout_s", "lr_grid", "budgets")
+        shared = {k for k in mine if k not in grid}
         diff = sorted(k for k in shared if theirs.get(k) != mine.get(k))
         if diff:
             raise MgrError(f"suite '{suite_dir.name}' was started with other settings ({', '.join(diff)});"
                            " use a new --run-id")
+
+
+def gate_once(suite_dir: Path, attention: str, options: dict | None, *, enabled: bool) -> dict:
+    """The algebra's correctness gate, run once per suite, recorded in `gates/<name>.json`."""
+    from mgr.runtime.artifacts import write_json
+
+    path = suite_dir / "gates" / f"{attention}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    if enabled:
+        from mgr.bench.gate import check_algebra
+
+        result = check_algebra(attention, options)
+    else:
+        result = {"algebra": attention, "passed": True, "reason": "gate disabled", "checks": {}}
+    write_json(path, result)
+    return result
 
 
 def _write_settings(cfg: BenchConfig, suite_dir: Path) -> None:

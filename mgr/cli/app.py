@@ -42,13 +42,14 @@ def _knobs(config_cls) -> str:
 @app.command("list")
 @user_errors
 def list_cmd():
-    """List the registered attention algebras, optimizers and schedules with their knobs."""
+    """List the registered attention algebras, optimizers, schedules, probe tasks and demos with their knobs."""
     from rich.console import Console
     from rich.table import Table
 
     import attention
     import optim
     from mgr import demos
+    from mgr.bench import probes
 
     console = Console()
     for title, rows in (
@@ -59,6 +60,8 @@ def list_cmd():
         ("optimizers", [(n, optim.get(n).description, _knobs(optim.get(n).config_cls)) for n in optim.names()]),
         ("schedules", [(n, optim.get_schedule(n).description, _knobs(optim.get_schedule(n).config_cls))
                        for n in optim.schedule_names()]),
+        ("probe tasks (mgr probe -t NAME)", [(n, f"{probes.get(n).description} Claim: {probes.get(n).claim}",
+                                              _knobs(probes.get(n).config_cls)) for n in probes.names()]),
     ):
         table = Table(title=title, title_justify="left")
         for col in ("name", "what it is", "knobs (defaults)"):

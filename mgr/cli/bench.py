@@ -64,6 +64,11 @@ def bench_fixed_flops(
     schedule: Optional[list[str]] = typer.Option(None, "--schedule", help="repeatable; default cosine"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1)"),
     target_flops: Optional[float] = typer.Option(None, help="XLA-counted FLOPs per configuration"),
+    budgets: Optional[str] = typer.Option(None, help="comma-separated FLOPs budgets, e.g. 3e10,1e11,3e11: "
+                                          "a curve per arm with a fitted power law (overrides --target-flops)"),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="comma-separated learning rates; each arm's "
+                                          "best is chosen on the tuning half of the validation tokens"),
+    gate: bool = typer.Option(True, help="check each algebra's causality and reference before it trains"),
     n_layer: Optional[int] = typer.Option(None), n_head: Optional[int] = typer.Option(None),
     n_kv_head: Optional[int] = typer.Option(None), n_embd: Optional[int] = typer.Option(None),
     seq_len: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
@@ -85,30 +90,18 @@ def bench_fixed_flops(
     flags = {
         "attention": _csv(attention), "optimizer": _csv(optimizer), "schedule": _csv(schedule),
         "seeds": _csv(None if seeds is None else [seeds], int), "target_flops": target_flops,
-        "baseline": baseline, "timeout_s": timeout_s,
+        "baseline": baseline, "timeout_s": timeout_s, "gate": None if gate else False,
+        "lr_grid": _csv(None if lr_grid is None else [lr_grid], float),
+        "budgets": _csv(None if budgets is None else [budgets], float),
         "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd},
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
         "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
     }
     summary = run_from_cli(flags, sweep, suite, artifacts_dir)
-    bad = [a["arm"] for a in summary["arms"] if any(s != "ok" for s in a["statuses"])]
+    bad = [a["arm"] for a in summary["arms"] if a["failed_runs"] or not a["runs"]]
     typer.echo(f"record: {suite}/summary.json")
     if bad:
         raise typer.Exit(1)
-
-
-@app.command()
-@user_errors
-def report(suite_dir: Path = typer.Argument(..., help="a fixed-FLOPs suite directory")):
-    """Re-render a suite's summary.json, run.md and curves.png from its run records."""
-    from mgr.bench.report import write_suite
-
-    if not (suite_dir / "bench.json").is_file():
-        raise MgrError(f"{suite_dir} is not a benchmark suite (no bench.json)")
-    summary = write_suite(suite_dir)
-    for line in summary["conclusions"]["text"]:
-        typer.echo(line)
-    typer.echo(f"wrote {suite_dir}/summary.json, run.md, curves.png")
 
 
 @app.command()

@@ -118,8 +118,12 @@ def render_run_md(summary: dict[str, Any]) -> str:
     ]
     curve = res.get("val_curve") or []
     if curve:
-        lines += ["## Validation curve", "", "| step | FLOPs | val CE |", "|---|---|---|"]
-        lines += [f"| {s} | {_fmt(float(f))} | {_fmt(float(c))} |" for s, f, c in curve]
+        lines += ["## Validation curve", "", "| step | FLOPs | val CE | tuning half | reported half |",
+                  "|---|---|---|---|---|"]
+        # Rows are [step, flops, ce] or, with the tuning/reported split, [..., ce_tune, ce_report].
+        lines += [f"| {r[0]} | {_fmt(float(r[1]))} | {_fmt(float(r[2]))} | "
+                  + " | ".join(_fmt(float(x)) if x is not None else "–" for x in (list(r[3:5]) + [None, None])[:2])
+                  + " |" for r in curve]
         lines.append("")
     return "\n".join(lines)
 

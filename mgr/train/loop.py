@@ -29,6 +29,20 @@ def _progress(enabled: bool, total: int, start: int):
     return bar
 
 
+def _validate(prog, params, val) -> tuple[float, float, float]:
+    """Validation CE on the whole fixed set, and on its two halves: the first half is the
+    tuning slice (learning rates are chosen on it), the second the reported slice, so a
+    benchmark never reports a number on the tokens it tuned on. With a single validation batch
+    the halves cannot be disjoint and both equal the whole."""
+    n = int(val.shape[0])
+    if n < 2:
+        ce = float(prog.eval_fn(params, val))
+        return ce, ce, ce
+    h = n // 2
+    tune, report = float(prog.eval_fn(params, val[:h])), float(prog.eval_fn(params, val[h:]))
+    return (h * tune + (n - h) * report) / n, tune, report
+
+
 def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restored,
              progress: bool, stop_after: int | None) -> dict:
     """Train from step 0, or from `restored` (a `mgr.train.resume.Restored`) when resuming."""
@@ -97,9 +111,10 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
                 pending = None
                 train_seconds += time.perf_counter() - tick
                 if due_eval:
-                    ce = float(prog.eval_fn(state["params"], val))
-                    val_curve.append([step, step * prog.flops_per_step, ce])
-                    log.write(json.dumps({"kind": "val", "step": step, "val_ce": ce,
+                    ce, ce_tune, ce_report = _validate(prog, state["params"], val)
+                    val_curve.append([step, step * prog.flops_per_step, ce, ce_tune, ce_report])
+                    log.write(json.dumps({"kind": "val", "step": step, "val_ce": ce, "val_ce_tune": ce_tune,
+                                          "val_ce_report": ce_report,
                                           "flops": step * prog.flops_per_step}) + "\n")
                     log.flush()
                     if ce < best_val:

@@ -96,6 +96,9 @@ def results_from_meta(meta: dict, flops_per_step: float) -> dict:
         "steps_completed": step,
         "train_ce_final": meta["train_loss"],
         "val_ce_final": curve[-1][2] if curve else None,
+        # The tuning and reported halves of the validation set (`mgr.train.loop._validate`).
+        "val_ce_tune_final": curve[-1][3] if curve and len(curve[-1]) > 4 else None,
+        "val_ce_report_final": curve[-1][4] if curve and len(curve[-1]) > 4 else None,
         "val_ce_best": best_val if math.isfinite(best_val) else None,
         "val_ce_best_step": best_row[0] if best_row else None,
         "val_curve": curve,

@@ -55,9 +55,15 @@ class StepParts:
     loss_of_params: Callable  # (params, batch) -> mean cross-entropy
 
 
-def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int) -> StepParts:
-    """The model's loss, the optimizer and one train step as pure functions of arrays."""
+def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int,
+              loss_fn: Callable[[Decoder, Any], jax.Array] | None = None) -> StepParts:
+    """The model's loss, the optimizer and one train step as pure functions of arrays.
+
+    `loss_fn(model, batch)` defaults to the next-token loss of a packed `[B, T+1]` batch; probe
+    tasks pass a loss over their scored positions (the batch may be any pytree of arrays).
+    """
     tx = optim.build_transform(train_cfg, total_steps)
+    loss_fn = loss_fn or (lambda model, batch: model.loss(batch))
 
     def init():
         _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed)), nnx.Param)
@@ -67,7 +73,7 @@ def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int) 
                             nnx.Param)
 
     def loss_of_params(p, batch):
-        return nnx.merge(graphdef, p).loss(batch)
+        return loss_fn(nnx.merge(graphdef, p), batch)
 
     def step(state, batch):
         loss, grads = jax.value_and_grad(loss_of_params)(state["params"], batch)

@@ -1,0 +1,160 @@
+"""A probe suite's record: summary.json (with the evidence section), run.md and the
+accuracy-against-state plot, all functions of the run records (`mgr report DIR` re-renders them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mgr.bench import evidence
+from mgr.runtime import artifacts
+
+SCHEMA = "mgr.probe.v1"
+
+
+def _records(suite_dir: Path) -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(suite_dir.glob("*/*/b_*/lr_*/seed_*/summary.json")):
+        try:
+            out.append((str(path.relative_to(suite_dir)), json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue  # a record being written when the suite was killed: that run reruns
+    return out
+
+
+def _gates(suite_dir: Path) -> dict:
+    gates = {}
+    for path in sorted((suite_dir / "gates").glob("*.json")):
+        try:
+            gates[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return gates
+
+
+def scores(suite_dir: Path) -> list[dict]:
+    """One score per run record, in the form `mgr.bench.evidence.build` takes."""
+    out = []
+    for source, rec in _records(suite_dir):
+        arm, task, b, lr, seed = Path(source).parent.parts
+        res, cfg = rec.get("results", {}), rec.get("config", {})
+        attention, optimizer, schedule = _split_arm(arm, cfg)
+        ok = rec.get("status") == "ok"
+        out.append({"task": task, "arm": arm, "attention": attention, "optimizer": optimizer,
+                    "schedule": schedule, "budget": float(rec.get("budget", {}).get("target_flops") or b[2:]),
+                    "lr": float(lr[3:]), "seed": int(seed[5:]), "status": rec.get("status"),
+                    "reason": rec.get("reason"),
+                    "tune": res.get("tune_accuracy") if ok else None,
+                    "report": res.get("headline_accuracy") if ok else None,
+                    "slices": res.get("test_accuracy") or {} if ok else {},
+                    "steps": rec.get("budget", {}).get("steps"), "state_bytes": res.get("state_bytes"),
+                    "tokens_per_second": res.get("tokens_per_second"), "source": source})
+    return out
+
+
+def _split_arm(arm: str, cfg: dict) -> tuple[str, str, str]:
+    train = cfg.get("train", {})
+    if "model" in cfg:
+        return cfg["model"]["attention"], train["optimizer"], train["schedule"]
+    a, o, s = arm.rsplit("-", 2)
+    return a, o, s
+
+
+def write_probe_summary(suite_dir: Path) -> dict:
+    suite_dir = Path(suite_dir)
+    settings = json.loads((suite_dir / "probe.json").read_text())
+    runs = scores(suite_dir)
+    arms = [f"{a}-{o}-{s}" for a in settings["attention"] for o in settings["optimizer"]
+            for s in settings["schedule"]]
+    baseline = settings.get("baseline") or arms[0]
+    gates = _gates(suite_dir)
+    ev = evidence.build(runs, metric="accuracy", higher_is_better=True, baseline=baseline, gates=gates)
+    order = {a: i for i, a in enumerate(arms)}
+    ev["rows"].sort(key=lambda r: (settings["tasks"].index(r["task"]) if r["task"] in settings["tasks"] else 99,
+                                   r["budget"], order.get(r["arm"], 99)))
+    summary = artifacts.as_recorded({
+        "schema_version": SCHEMA, "kind": "probe", "meta": artifacts.provenance(suite_dir.name),
+        "probe": settings, "baseline": baseline, "evidence": ev,
+        "failures": [{k: r[k] for k in ("source", "status", "reason")} for r in runs if r["status"] != "ok"],
+        "runs_finished": len(runs)})
+    artifacts.write_json(suite_dir / "summary.json", summary)
+    artifacts.atomic_write(suite_dir / "run.md", render_md(summary))
+    plot_state_accuracy(summary, suite_dir / "state_accuracy.png")
+    return summary
+
+
+def _f(x, fmt):
+    return "–" if x is None else format(x, fmt)
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """Rows of the headline table (shared by run.md and the CLI's printed table)."""
+    out = []
+    for r in summary["evidence"]["rows"]:
+        s, v = r["score"], r["vs_baseline"] or {}
+        mark = " *" if v.get("significant") else ""
+        out.append([r["task"], f"{r['budget']:.3g}", r["arm"], f"{_f(s['mean'], '.3f')} ± {_f(s['ci95'], '.3f')}",
+                    _f(v.get("diff"), "+.3f") + mark, _f(v.get("p_holm"), ".3g"), _f(v.get("effect_size"), ".2f"),
+                    _f(r["best_lr"], "g"), _f(r["sensitivity"], ".3f"), _f(r["state_bytes"], ",d"),
+                    ", ".join(f"{k} {n}" for k, n in sorted(r["statuses"].items()))])
+    return out
+
+
+HEADER = ["task", "budget", "arm", "accuracy ± 95% CI", "Δ vs base", "Holm p", "g", "best lr",
+          "LR spread", "state B", "runs"]
+
+
+def render_md(summary: dict) -> str:
+    p, meta = summary["probe"], summary["meta"]
+    lines = [f"# Probe suite `{meta['run_id']}`", "",
+             f"- tasks: {', '.join(p['tasks'])}; budgets {p['budgets']} XLA-counted FLOPs per run",
+             f"- learning-rate grid {p['lr_grid']} (best chosen on the tuning slice; scores on the test "
+             f"slices); seeds {p['seeds']}; batch {p['batch_size']}",
+             f"- baseline arm: {summary['baseline']}; commit `{meta['git']['commit'][:12]}`"
+             + (" (dirty)" if meta["git"].get("dirty") else ""),
+             f"- device: {meta['device']['platform']} x{meta['device']['count']}", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05).",
+              "", "## Conclusions", ""] + [f"- {t}" for t in summary["evidence"]["conclusions"]]
+    if summary["failures"]:
+        lines += ["", "## Failed runs", ""] + [f"- {f['source']}: {f['status']} ({f['reason']})"
+                                               for f in summary["failures"]]
+    lines += ["", "![accuracy against decoding state](state_accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_state_accuracy(summary: dict, path: Path) -> None:
+    """Zoology's plot: accuracy against decoding-state bytes, one point per arm and task, at the
+    largest budget each arm reached."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["evidence"]["rows"] if r["score"]["mean"] is not None and r["state_bytes"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    top = {}
+    for r in rows:
+        key = (r["task"], r["arm"])
+        if key not in top or r["budget"] > top[key]["budget"]:
+            top[key] = r
+    for task in dict.fromkeys(k[0] for k in top):
+        pts = [r for (t, _), r in top.items() if t == task]
+        ax.scatter([r["state_bytes"] for r in pts], [r["score"]["mean"] for r in pts], label=task, s=18)
+        for r in pts:
+            ax.annotate(r["attention"], (r["state_bytes"], r["score"]["mean"]), fontsize=6,
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("decoding state per sequence (bytes)")
+    ax.set_ylabel("accuracy on answer positions")
+    ax.set_title(f"probe suite {summary['meta']['run_id']}: accuracy against state")
+    ax.grid(alpha=0.3)
+    if top:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,74 @@
+"""Glue between `mgr probe` and the library: defaults, flags, live display, printed table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mgr.bench.probe_suite import ProbeConfig, run_probe_suite
+
+# The default suite, sized for the 2-core CPU machine (README, "Probe tasks"): every registered
+# algebra with AdamW on a 2-layer, width-64 decoder, on Zoology's recall at (T 32, 4 pairs), a
+# 2-point learning-rate grid and 3 seeds, in two worker processes. At 8e11 FLOPs standard
+# attention gets about 2,300 steps; fewer (1,700 at 6e11) stop it before its recall forms.
+DEFAULTS = {
+    "tasks": ("mqar",), "task_options": {"mqar": {"settings": [[32, 4]]}},
+    "optimizer": ("adamw",), "schedule": ("cosine",),
+    "seeds": (0, 1, 2), "lr_grid": (1e-3, 3e-3), "budgets": (8e11,), "batch_size": 16, "workers": 2,
+    "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 4},
+    "train": {"warmup_steps": 10, "min_steps": 20},
+}
+
+
+def merge(flags: dict) -> ProbeConfig:
+    """Built-in defaults < flags given on the command line (None means not given)."""
+    import attention
+
+    out = {"attention": tuple(attention.names()), **{k: v for k, v in DEFAULTS.items()
+                                                      if k not in ("model", "train")}}
+    out.update({k: v for k, v in flags.items() if v is not None and k not in ("model", "train")})
+    for section in ("model", "train"):
+        out[section] = {**DEFAULTS[section], **{k: v for k, v in (flags.get(section) or {}).items()
+                                                if v is not None}}
+    return ProbeConfig(**out)
+
+
+def run_from_cli(flags: dict, suite_dir: Path) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from mgr.bench.probe_report import HEADER, table_rows
+    from mgr.runtime import enable_compilation_cache
+
+    cfg = merge(flags)
+    enable_compilation_cache()
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("", total=1)
+
+        def on_start(total: int) -> None:
+            bar.update(task, total=total)
+            console.print(f"[bold]probe suite[/] {suite_dir.name}: {len(cfg.arms())} arms x {len(cfg.tasks)} "
+                          f"tasks x {len(cfg.budgets)} budgets x {len(cfg.lr_grid)} learning rates x "
+                          f"{len(cfg.seeds)} seeds")
+
+        def on_result(rel: str, rec: dict) -> None:
+            acc = rec.get("results", {}).get("headline_accuracy")
+            desc = f"{rel}: {rec['status']}" + (f" accuracy {acc:.3f}" if acc is not None else "")
+            bar.update(task, advance=1, description=desc)
+            if not console.is_terminal:
+                console.print(desc)
+
+        summary = run_probe_suite(cfg, suite_dir, on_start=on_start, on_result=on_result)
+    table = Table(title="accuracy on answer positions (mean over seeds at the best learning rate)",
+                  title_justify="left")
+    for col in HEADER:
+        table.add_column(col)
+    for row in table_rows(summary):
+        table.add_row(*row)
+    out = Console()
+    out.print(table)
+    for line in summary["evidence"]["conclusions"]:
+        out.print(f"- {line}")
+    return summary

@@ -1,0 +1,287 @@
+"""`mgr probe`: tasks x algebras x optimizers x schedules x learning rates x budgets x seeds.
+
+Every run trains a fresh decoder on one probe task to one XLA-counted FLOPs budget and is
+scored on the task's answer positions. The learning rate of each (arm, task, budget) is chosen
+on the tuning slice and the result reported on the disjoint test slices (`mgr.bench.evidence`).
+Before an algebra trains at all it passes the correctness gate (`mgr.bench.gate`) in this
+process; an algebra that fails is recorded with the reason and gets no runs and no score.
+
+Like the fixed-FLOPs suite: one process per suite (a lock), finished runs are skipped when a
+suite id is resumed, a failing run is recorded and the sweep goes on, and the suite record is
+rewritten after every run, so a kill at any moment keeps everything finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from core.errors import MgrError
+from mgr.config import ModelConfig, TrainConfig
+
+RUN_SCHEMA = "mgr.probe.run.v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """The grid of a probe suite and what all of its runs share."""
+
+    tasks: tuple[str, ...]
+    attention: tuple[str, ...]
+    optimizer: tuple[str, ...] = ("adamw",)
+    schedule: tuple[str, ...] = ("cosine",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    lr_grid: tuple[float, ...] = (3e-3,)
+    budgets: tuple[float, ...] = (3e10,)
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)   # ModelConfig fields but attention/vocab/length
+    train: dict[str, Any] = field(default_factory=dict)   # TrainConfig fields but lr/seed/budget
+    batch_size: int = 32
+    baseline: str | None = None  # arm name; default: the first arm
+    timeout_s: float | None = None
+    gate: bool = True
+    # Worker processes. One XLA CPU process keeps about one core busy at these sizes, so two
+    # workers on two cores nearly halve a suite's wall time; results do not depend on it.
+    workers: int = 1
+
+    def __post_init__(self):
+        from mgr.bench import probes
+
+        for name in ("tasks", "attention", "optimizer", "schedule", "seeds", "lr_grid", "budgets"):
+            if not getattr(self, name):
+                raise MgrError(f"the probe grid needs at least one {name.replace('_', ' ')}")
+        for name in self.tasks:
+            probes.get(name).config(self.task_options.get(name))  # unknown names, bad knobs
+        for name in self.task_options:
+            probes.get(name)
+        if any(lr <= 0 for lr in self.lr_grid) or any(b <= 0 for b in self.budgets):
+            raise MgrError("learning rates and budgets must be positive")
+        if len(set(self.lr_grid)) != len(self.lr_grid) or len(set(self.budgets)) != len(self.budgets):
+            raise MgrError("--lr-grid and --budgets must not repeat a value")
+        if self.batch_size <= 0 or self.workers <= 0:
+            raise MgrError("batch size and workers must be positive")
+        arms = [arm_name(*a) for a in self.arms()]
+        if self.baseline is not None and self.baseline not in arms:
+            raise MgrError(f"baseline '{self.baseline}' is not an arm; arms: {', '.join(arms)}")
+        for arm in self.arms():  # impossible shapes or knobs fail now, in one line
+            self.model_config(arm[0], 16)
+            self.train_config(arm[1], arm[2], self.lr_grid[0], self.seeds[0])
+
+    def arms(self) -> list[tuple[str, str, str]]:
+        return list(itertools.product(self.attention, self.optimizer, self.schedule))
+
+    def baseline_arm(self) -> str:
+        return self.baseline or arm_name(*self.arms()[0])
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProbeConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def model_config(self, attention: str, seq_len: int, vocab_size: int = 64) -> ModelConfig:
+        return ModelConfig(**{**self.model, "attention": attention, "vocab_size": vocab_size,
+                              "max_seq_len": seq_len})
+
+    def train_config(self, optimizer: str, schedule: str, lr: float, seed: int) -> TrainConfig:
+        return TrainConfig(**{**self.train, "optimizer": optimizer, "schedule": schedule,
+                              "learning_rate": lr, "seed": seed, "steps": None,
+                              "time_limit_s": self.timeout_s, "checkpoints": False})
+
+
+def arm_name(attention: str, optimizer: str, schedule: str) -> str:
+    return f"{attention}-{optimizer}-{schedule}"
+
+
+def run_path(arm: str, task: str, budget: float, lr: float, seed: int) -> str:
+    return f"{arm}/{task}/b_{budget:.3g}/lr_{lr:g}/seed_{seed}"
+
+
+def run_probe_suite(cfg: ProbeConfig, suite_dir: Path, *, on_start: Callable[[int], None] | None = None,
+                    on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """Run (or resume) a probe suite; returns the suite summary written to `suite_dir/summary.json`."""
+    from mgr.runtime import runs
+
+    with runs.locked(suite_dir, "suite"):
+        _check_same_suite(cfg, suite_dir)
+        preflight(cfg)
+        _write_settings(cfg, suite_dir)
+        if on_start:
+            on_start(len(cfg.arms()) * len(cfg.tasks) * len(cfg.budgets) * len(cfg.lr_grid) * len(cfg.seeds))
+        _run_all(cfg, suite_dir, on_result)
+        return write_probe_suite(suite_dir)
+
+
+def preflight(cfg: ProbeConfig) -> None:
+    """Refuse a budget that gives some (arm, task) fewer than the minimum steps, before anything
+    trains, naming the smallest budget that works (the counts are cached for the runs)."""
+    from mgr.bench import probes
+    from mgr.bench.probe_train import step_flops
+
+    worst, where = 0.0, None
+    for task in cfg.tasks:
+        data = probes.get(task).make(cfg.task_options.get(task), cfg.seeds[0])
+        shape = (cfg.batch_size, max(s.seq_len for s in data.train))
+        for attention, optimizer, schedule in cfg.arms():
+            model = cfg.model_config(attention, data.max_seq_len, data.vocab_size)
+            f = step_flops(model, cfg.train_config(optimizer, schedule, cfg.lr_grid[0], 0), shape)
+            if f > worst:
+                worst, where = f, f"{arm_name(attention, optimizer, schedule)} on {task}"
+    need = worst * cfg.train_config("adamw", "constant", 1.0, 0).min_steps
+    if min(cfg.budgets) < need:
+        raise MgrError(f"budget {min(cfg.budgets):.3g} gives {where} fewer than the minimum steps; the "
+                       f"smallest budget that works is {need:.3g}")
+
+
+def _run_all(cfg: ProbeConfig, suite_dir: Path, on_result) -> None:
+    """Report finished runs, then run the rest as jobs: one job is every missing seed of one
+    (arm, task, budget, learning rate), so a job compiles its train step once."""
+    from mgr.bench.suite import finished_record, gate_once
+
+    jobs = []
+    for attention, optimizer, schedule in cfg.arms():
+        arm = arm_name(attention, optimizer, schedule)
+        gate = gate_once(suite_dir, attention, cfg.model.get("attention_options", {}).get(attention),
+                         enabled=cfg.gate)
+        for task, budget, lr in itertools.product(cfg.tasks, cfg.budgets, cfg.lr_grid):
+            todo = []
+            for seed in cfg.seeds:
+                rel = run_path(arm, task, budget, lr, seed)
+                done = finished_record(suite_dir / rel)
+                if done is not None and on_result:
+                    on_result(rel, done)
+                elif done is None and gate["passed"]:  # a gated-out algebra has no runs
+                    todo.append(seed)
+            if todo:
+                jobs.append((attention, optimizer, schedule, task, budget, lr, tuple(todo)))
+    if cfg.workers > 1 and len(jobs) > 1:
+        from mgr.bench.probe_pool import run_jobs_in_workers
+
+        finished = run_jobs_in_workers(cfg, suite_dir, jobs)
+    else:
+        finished = (run_job(cfg, job, suite_dir) for job in jobs)
+    for results in finished:
+        write_probe_suite(suite_dir)
+        for rel, rec in results:
+            if on_result:
+                on_result(rel, rec)
+
+
+_DATA: dict[tuple, Any] = {}
+
+
+def run_job(cfg: ProbeConfig, job: tuple, suite_dir: Path, *, regate: bool = False) -> list[tuple[str, dict]]:
+    """Train the seeds of one job and write their records; returns (relative path, record) pairs.
+
+    `regate`: check the algebra in this process first (a worker process runs it, so that the
+    numbers it scores come from a process in which the algebra passed its gate).
+    """
+    from mgr.bench import probes
+    from mgr.runtime import artifacts
+
+    attention, optimizer, schedule, task, budget, lr, seeds = job
+    arm = arm_name(attention, optimizer, schedule)
+    gate = None
+    if regate and cfg.gate:
+        from mgr.bench.gate import check_algebra
+
+        gate = check_algebra(attention, cfg.model.get("attention_options", {}).get(attention))
+    out = []
+    for seed in seeds:
+        rel = run_path(arm, task, budget, lr, seed)
+        run_dir = suite_dir / rel
+        if run_dir.exists():  # cut short by a kill: start it again
+            shutil.rmtree(run_dir)
+        key = (task, json.dumps(cfg.task_options.get(task), sort_keys=True), seed)
+        if key not in _DATA:
+            _DATA[key] = probes.get(task).make(cfg.task_options.get(task), seed)
+        if gate is not None and not gate["passed"]:
+            done = {"schema_version": RUN_SCHEMA, "meta": artifacts.provenance(run_dir.name), "config": {},
+                    "budget": {"target_flops": budget}, "results": {}, "status": "error",
+                    "reason": f"correctness gate failed in the worker: {gate['reason']}"}
+        else:
+            done = _one_run(cfg, (attention, optimizer, schedule), task, budget, lr, seed, _DATA[key], run_dir)
+        artifacts.write_json(run_dir / "summary.json", done)
+        artifacts.atomic_write(run_dir / "run.md", render_run_md(done))
+        out.append((rel, done))
+    return out
+
+
+def _one_run(cfg: ProbeConfig, arm: tuple[str, str, str], task: str, budget: float, lr: float,
+             seed: int, data, run_dir: Path) -> dict:
+    from mgr.bench.probe_train import run_probe, state_bytes
+    from mgr.runtime import artifacts
+
+    attention, optimizer, schedule = arm
+    record: dict[str, Any] = {"schema_version": RUN_SCHEMA, "meta": artifacts.provenance(run_dir.name),
+                              "config": {}, "budget": {"target_flops": budget}, "results": {}}
+    try:
+        model = cfg.model_config(attention, data.max_seq_len, data.vocab_size)
+        train = cfg.train_config(optimizer, schedule, lr, seed)
+        record["config"] = {"model": model.to_dict(), "train": train.to_dict(), "task": task,
+                            "task_options": probes_options(cfg, task), "batch_size": cfg.batch_size}
+        out = run_probe(model, train, data, batch_size=cfg.batch_size, budget=budget)
+        record.update(budget=out["budget"], results=out["results"], status=out["status"], reason=out["reason"])
+        record["results"]["state_bytes"] = state_bytes(model)
+    except MgrError as e:  # this run's own budget check: recorded, the sweep goes on
+        record.update(status="error", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one broken configuration never stops a sweep
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        record.update(status="error", reason=f"{type(e).__name__}: {first}")
+    return record
+
+
+def probes_options(cfg: ProbeConfig, task: str) -> dict:
+    from mgr.bench import probes
+
+    return probes.get(task).config(cfg.task_options.get(task)).to_dict()
+
+
+def _check_same_suite(cfg: ProbeConfig, suite_dir: Path) -> None:
+    """Resuming with other shared settings would mix incomparable runs; the grid may grow."""
+    path = suite_dir / "probe.json"
+    if path.exists():
+        theirs, mine = json.loads(path.read_text()), cfg.to_dict()
+        grid = ("tasks", "attention", "optimizer", "schedule", "seeds", "lr_grid", "budgets", "timeout_s",
+                "workers")
+        diff = sorted(k for k in mine if k not in grid and theirs.get(k) != mine.get(k))
+        if diff:
+            raise MgrError(f"probe suite '{suite_dir.name}' was started with other settings "
+                           f"({', '.join(diff)}); use a new --run-id")
+
+
+def _write_settings(cfg: ProbeConfig, suite_dir: Path) -> None:
+    from mgr.runtime.artifacts import write_json
+
+    write_json(suite_dir / "probe.json", cfg.to_dict())
+
+
+def render_run_md(record: dict) -> str:
+    """`run.md` of one probe run, from its record alone."""
+    c, b, r = record.get("config", {}), record.get("budget", {}), record.get("results", {})
+    lines = [f"# Probe run `{record['meta']['run_id']}`", "",
+             f"- task: {c.get('task')} {json.dumps(c.get('task_options', {}))}",
+             f"- attention: {c.get('model', {}).get('attention')}; optimizer "
+             f"{c.get('train', {}).get('optimizer')} at lr {c.get('train', {}).get('learning_rate')}; "
+             f"seed {c.get('train', {}).get('seed')}",
+             f"- budget: {b.get('target_flops', 0):.3g} FLOPs = {b.get('steps')} steps of "
+             f"{(b.get('flops_per_step_xla') or 0):.3g}",
+             f"- status: {record.get('status')}" + (f" ({record['reason']})" if record.get("reason") else "")]
+    if r.get("test_accuracy"):
+        lines += ["", "| slice | accuracy |", "|---|---|", f"| tune | {r['tune_accuracy']:.4f} |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in r["test_accuracy"].items()]
+        lines += ["", f"headline accuracy: {r['headline_accuracy']:.4f}; decoding state "
+                      f"{r.get('state_bytes')} bytes"]
+    return "\n".join(lines) + "\n"
+
+
+def write_probe_suite(suite_dir: Path) -> dict:
+    """(Re)write a probe suite's summary.json, run.md and plots from its run records."""
+    from mgr.bench.probe_report import write_probe_summary
+
+    return write_probe_summary(Path(suite_dir))
