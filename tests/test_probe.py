@@ -59,6 +59,22 @@ def test_suite_chooses_lr_on_tune_reports_test_and_resumes(tmp_path):
         run_probe_suite(ProbeConfig(**{**TINY, "batch_size": 8}), suite)
 
 
+def test_search_seeds_tune_on_the_first_seed_then_run_the_rest_at_its_rate(tmp_path):
+    cfg = ProbeConfig(**{**TINY, "attention": ("standard",), "seeds": (0, 1, 2), "search_seeds": 1})
+    suite = tmp_path / "p3"
+    summary = run_probe_suite(cfg, suite)
+    recs = _records(suite)
+    seed0 = {r["config"]["train"]["learning_rate"]: r["results"]["tune_accuracy"]
+             for k, r in recs.items() if k.endswith("seed_0/summary.json")}
+    chosen = max(seed0, key=seed0.get)
+    assert len(seed0) == 2 and len(recs) == 4  # seed 0 at both rates; seeds 1 and 2 at one
+    assert {r["config"]["train"]["learning_rate"] for k, r in recs.items() if "seed_0" not in k} == {chosen}
+    (row,) = summary["evidence"]["rows"]
+    assert row["best_lr"] == chosen and row["score"]["n"] == 3
+    with pytest.raises(MgrError, match="search-seeds"):
+        ProbeConfig(**{**TINY, "search_seeds": 5})
+
+
 def test_an_algebra_that_fails_the_gate_gets_no_runs_and_no_row(tmp_path, monkeypatch):
     import mgr.bench.gate as gate
 

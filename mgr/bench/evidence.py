@@ -42,7 +42,7 @@ ALPHA = 0.05
 
 
 def build(scores: list[dict], *, metric: str, higher_is_better: bool, baseline: str,
-          gates: dict | None = None, alpha: float = ALPHA) -> dict:
+          gates: dict | None = None, alpha: float = ALPHA, search_seeds=None) -> dict:
     """The evidence section from per-run scores.
 
     Each score: {"task", "arm", "attention", "optimizer", "schedule", "budget", "lr", "seed",
@@ -51,13 +51,16 @@ def build(scores: list[dict], *, metric: str, higher_is_better: bool, baseline: 
     The best learning rate of each (task, arm, budget) is chosen on `tune` alone; its `report`
     values are the row's score. Comparisons with the baseline arm are Welch tests, corrected by
     Holm over every comparison in the suite (every task, budget and arm: one family).
+    `search_seeds`: when only these seeds ran at every rate (the others only at the chosen
+    one), the rate is chosen on their tuning scores alone, so every rate is judged on the same
+    seeds.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for s in scores:
         groups[(s["task"], s["arm"], s["budget"])].append(s)
     rows, samples = [], {}
     for (task, arm, budget), runs in groups.items():
-        row, best = _row(task, arm, budget, runs, metric, higher_is_better)
+        row, best = _row(task, arm, budget, runs, metric, higher_is_better, search_seeds)
         rows.append(row)
         samples[(task, arm, budget)] = best
     _compare(rows, samples, baseline, higher_is_better, alpha)
@@ -66,14 +69,14 @@ def build(scores: list[dict], *, metric: str, higher_is_better: bool, baseline: 
             "conclusions": conclusions(rows, crossings, gates or {}, metric)}
 
 
-def _row(task, arm, budget, runs, metric, higher_is_better) -> tuple[dict, list[float]]:
+def _row(task, arm, budget, runs, metric, higher_is_better, search_seeds) -> tuple[dict, list[float]]:
     by_lr: dict[float, list[dict]] = defaultdict(list)
     for r in runs:
         by_lr[r["lr"]].append(r)
     grid, best_lr, best_key = [], None, None
     for lr in sorted(by_lr):
         ok = [r for r in by_lr[lr] if r["status"] == "ok" and r["tune"] is not None]
-        tune = stats.describe([r["tune"] for r in ok])
+        tune = stats.describe([r["tune"] for r in ok if search_seeds is None or r["seed"] in search_seeds])
         grid.append({"lr": lr, "tune": tune, "report": stats.describe([r["report"] for r in ok]),
                      "statuses": _count(r["status"] for r in by_lr[lr])})
         if tune["mean"] is not None:

@@ -1,8 +1,9 @@
 """The correctness gate: before an algebra is timed or scored, check it in the same process.
 
 A speedup or a score is only evidence if the mechanism computed what it claims. Three quick
-checks on the module the decoder runs (`mgr.model.blocks.make_stack`: the algebra's stack for
-an entry with a stack factory, else the attention module of a block), at tiny sizes:
+checks on the module the decoder runs (built as `mgr.model.blocks.make_stack` builds it: the
+algebra's stack for an entry with a stack factory, else the attention module of a block), at
+tiny sizes:
 
 1. causality: changing inputs after position t leaves every output up to t unchanged;
 2. fast path against the registry's `reference` (the slow, obviously correct form);
@@ -26,12 +27,14 @@ _CACHE: dict[tuple, dict] = {}
 
 
 def _module(entry, cfg):
+    """Built from `entry` itself (not looked up again by name) exactly as `make_stack` builds it:
+    the stack spanning every layer, or the attention module a `Block` holds."""
     from flax import nnx
 
-    from mgr.model.blocks import make_stack
-
-    first = make_stack(cfg, rngs=nnx.Rngs(0))[0]
-    return first if entry.stack_factory is not None else first.attn
+    rngs = nnx.Rngs(0)
+    if entry.stack_factory is not None:
+        return entry.stack_factory(cfg, list(range(cfg.n_layers)), rngs=rngs)
+    return entry.module_cls(cfg.attention_dims(), cfg.algebra_config(entry.name), rngs=rngs)
 
 
 def check_entry(entry, cfg, *, seed: int = 0) -> dict:

@@ -69,7 +69,9 @@ def write_probe_summary(suite_dir: Path) -> dict:
             for s in settings["schedule"]]
     baseline = settings.get("baseline") or arms[0]
     gates = _gates(suite_dir)
-    ev = evidence.build(runs, metric="accuracy", higher_is_better=True, baseline=baseline, gates=gates)
+    k = settings.get("search_seeds")
+    ev = evidence.build(runs, metric="accuracy", higher_is_better=True, baseline=baseline, gates=gates,
+                        search_seeds=None if not k else set(settings["seeds"][:k]))
     order = {a: i for i, a in enumerate(arms)}
     ev["rows"].sort(key=lambda r: (settings["tasks"].index(r["task"]) if r["task"] in settings["tasks"] else 99,
                                    r["budget"], order.get(r["arm"], 99)))
@@ -82,6 +84,25 @@ def write_probe_summary(suite_dir: Path) -> dict:
     artifacts.atomic_write(suite_dir / "run.md", render_md(summary))
     plot_state_accuracy(summary, suite_dir / "state_accuracy.png")
     return summary
+
+
+def render_run_md(record: dict) -> str:
+    """`run.md` of one probe run, from its record alone."""
+    c, b, r = record.get("config", {}), record.get("budget", {}), record.get("results", {})
+    lines = [f"# Probe run `{record['meta']['run_id']}`", "",
+             f"- task: {c.get('task')} {json.dumps(c.get('task_options', {}))}",
+             f"- attention: {c.get('model', {}).get('attention')}; optimizer "
+             f"{c.get('train', {}).get('optimizer')} at lr {c.get('train', {}).get('learning_rate')}; "
+             f"seed {c.get('train', {}).get('seed')}",
+             f"- budget: {b.get('target_flops', 0):.3g} FLOPs = {b.get('steps')} steps of "
+             f"{(b.get('flops_per_step_xla') or 0):.3g}",
+             f"- status: {record.get('status')}" + (f" ({record['reason']})" if record.get("reason") else "")]
+    if r.get("test_accuracy"):
+        lines += ["", "| slice | accuracy |", "|---|---|", f"| tune | {r['tune_accuracy']:.4f} |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in r["test_accuracy"].items()]
+        lines += ["", f"headline accuracy: {r['headline_accuracy']:.4f}; decoding state "
+                      f"{r.get('state_bytes')} bytes"]
+    return "\n".join(lines) + "\n"
 
 
 def _f(x, fmt):
@@ -109,8 +130,10 @@ def render_md(summary: dict) -> str:
     p, meta = summary["probe"], summary["meta"]
     lines = [f"# Probe suite `{meta['run_id']}`", "",
              f"- tasks: {', '.join(p['tasks'])}; budgets {p['budgets']} XLA-counted FLOPs per run",
-             f"- learning-rate grid {p['lr_grid']} (best chosen on the tuning slice; scores on the test "
-             f"slices); seeds {p['seeds']}; batch {p['batch_size']}",
+             f"- learning-rate grid {p['lr_grid']} (best chosen on the tuning slice"
+             + (f" of the first {p['search_seeds']} seed(s), the other seeds run at the chosen rate only"
+                if p.get("search_seeds") else "") + f"; scores on the test slices); seeds {p['seeds']}; "
+             f"batch {p['batch_size']}",
              f"- baseline arm: {summary['baseline']}; commit `{meta['git']['commit'][:12]}`"
              + (" (dirty)" if meta["git"].get("dirty") else ""),
              f"- device: {meta['device']['platform']} x{meta['device']['count']}", "",

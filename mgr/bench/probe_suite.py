@@ -47,6 +47,10 @@ class ProbeConfig:
     # Worker processes. One XLA CPU process keeps about one core busy at these sizes, so two
     # workers on two cores nearly halve a suite's wall time; results do not depend on it.
     workers: int = 1
+    # The learning-rate search: None or 0 runs every seed at every rate; k runs the first k seeds at
+    # every rate, chooses the rate on their tuning scores, then runs the other seeds at that
+    # rate only (the reported scores still use every seed).
+    search_seeds: int | None = None
 
     def __post_init__(self):
         from mgr.bench import probes
@@ -62,6 +66,9 @@ class ProbeConfig:
             raise MgrError("learning rates and budgets must be positive")
         if len(set(self.lr_grid)) != len(self.lr_grid) or len(set(self.budgets)) != len(self.budgets):
             raise MgrError("--lr-grid and --budgets must not repeat a value")
+        if self.search_seeds and not 0 < self.search_seeds <= len(self.seeds):
+            raise MgrError(f"--search-seeds must be between 0 (every seed) and the number of seeds "
+                           f"({len(self.seeds)}), got {self.search_seeds}")
         if self.batch_size <= 0 or self.workers <= 0:
             raise MgrError("batch size and workers must be positive")
         arms = [arm_name(*a) for a in self.arms()]
@@ -112,7 +119,9 @@ def run_probe_suite(cfg: ProbeConfig, suite_dir: Path, *, on_start: Callable[[in
         preflight(cfg)
         _write_settings(cfg, suite_dir)
         if on_start:
-            on_start(len(cfg.arms()) * len(cfg.tasks) * len(cfg.budgets) * len(cfg.lr_grid) * len(cfg.seeds))
+            k = cfg.search_seeds or len(cfg.seeds)
+            per_group = len(cfg.lr_grid) * k + len(cfg.seeds) - k
+            on_start(len(cfg.arms()) * len(cfg.tasks) * len(cfg.budgets) * per_group)
         _run_all(cfg, suite_dir, on_result)
         return write_probe_suite(suite_dir)
 
@@ -140,25 +149,54 @@ def preflight(cfg: ProbeConfig) -> None:
 
 def _run_all(cfg: ProbeConfig, suite_dir: Path, on_result) -> None:
     """Report finished runs, then run the rest as jobs: one job is every missing seed of one
-    (arm, task, budget, learning rate), so a job compiles its train step once."""
-    from mgr.bench.suite import finished_record, gate_once
+    (arm, task, budget, learning rate), so a job compiles its train step once. With
+    `search_seeds`, the search seeds run first at every rate; then the other seeds at the rate
+    each (arm, task, budget) chose."""
+    from mgr.bench.suite import gate_once
+
+    gates = {a: gate_once(suite_dir, a, cfg.model.get("attention_options", {}).get(a), enabled=cfg.gate)
+             for a in cfg.attention}
+    k = cfg.search_seeds or len(cfg.seeds)
+    groups = [(arm, task, budget) for arm in cfg.arms() if gates[arm[0]]["passed"]
+              for task, budget in itertools.product(cfg.tasks, cfg.budgets)]
+    _execute(cfg, suite_dir, [(*arm, task, budget, lr, cfg.seeds[:k]) for arm, task, budget in groups
+                              for lr in cfg.lr_grid], on_result)
+    if k < len(cfg.seeds):
+        _execute(cfg, suite_dir, [(*arm, task, budget, _chosen_lr(cfg, suite_dir, arm, task, budget, k),
+                                   cfg.seeds[k:]) for arm, task, budget in groups], on_result)
+
+
+def _chosen_lr(cfg: ProbeConfig, suite_dir: Path, arm, task, budget, k) -> float:
+    """The rate with the best mean tuning accuracy over the search seeds (the smallest on ties)."""
+    from mgr.bench.suite import finished_record
+
+    best, best_acc = min(cfg.lr_grid), -1.0
+    for lr in sorted(cfg.lr_grid):  # the order evidence.build breaks ties in
+        accs = [((finished_record(suite_dir / run_path(arm_name(*arm), task, budget, lr, s)) or {})
+                 .get("results") or {}).get("tune_accuracy") for s in cfg.seeds[:k]]
+        accs = [a for a in accs if a is not None]
+        if accs and sum(accs) / len(accs) > best_acc:
+            best, best_acc = lr, sum(accs) / len(accs)
+    return best
+
+
+def _execute(cfg: ProbeConfig, suite_dir: Path, wanted: list[tuple], on_result) -> None:
+    """Run the missing seeds of each wanted job (reporting the finished ones)."""
+    from mgr.bench.suite import finished_record
 
     jobs = []
-    for attention, optimizer, schedule in cfg.arms():
-        arm = arm_name(attention, optimizer, schedule)
-        gate = gate_once(suite_dir, attention, cfg.model.get("attention_options", {}).get(attention),
-                         enabled=cfg.gate)
-        for task, budget, lr in itertools.product(cfg.tasks, cfg.budgets, cfg.lr_grid):
-            todo = []
-            for seed in cfg.seeds:
-                rel = run_path(arm, task, budget, lr, seed)
-                done = finished_record(suite_dir / rel)
-                if done is not None and on_result:
-                    on_result(rel, done)
-                elif done is None and gate["passed"]:  # a gated-out algebra has no runs
-                    todo.append(seed)
-            if todo:
-                jobs.append((attention, optimizer, schedule, task, budget, lr, tuple(todo)))
+    for *head, seeds in wanted:
+        attention, optimizer, schedule, task, budget, lr = head
+        todo = []
+        for seed in seeds:
+            rel = run_path(arm_name(attention, optimizer, schedule), task, budget, lr, seed)
+            done = finished_record(suite_dir / rel)
+            if done is None:
+                todo.append(seed)
+            elif on_result:
+                on_result(rel, done)
+        if todo:
+            jobs.append((*head, tuple(todo)))
     if cfg.workers > 1 and len(jobs) > 1:
         from mgr.bench.probe_pool import run_jobs_in_workers
 
@@ -181,7 +219,7 @@ def run_job(cfg: ProbeConfig, job: tuple, suite_dir: Path, *, regate: bool = Fal
     `regate`: check the algebra in this process first (a worker process runs it, so that the
     numbers it scores come from a process in which the algebra passed its gate).
     """
-    from mgr.bench import probes
+    from mgr.bench import probe_report, probes
     from mgr.runtime import artifacts
 
     attention, optimizer, schedule, task, budget, lr, seeds = job
@@ -207,7 +245,7 @@ def run_job(cfg: ProbeConfig, job: tuple, suite_dir: Path, *, regate: bool = Fal
         else:
             done = _one_run(cfg, (attention, optimizer, schedule), task, budget, lr, seed, _DATA[key], run_dir)
         artifacts.write_json(run_dir / "summary.json", done)
-        artifacts.atomic_write(run_dir / "run.md", render_run_md(done))
+        artifacts.atomic_write(run_dir / "run.md", probe_report.render_run_md(done))
         out.append((rel, done))
     return out
 
@@ -248,7 +286,7 @@ def _check_same_suite(cfg: ProbeConfig, suite_dir: Path) -> None:
     if path.exists():
         theirs, mine = json.loads(path.read_text()), cfg.to_dict()
         grid = ("tasks", "attention", "optimizer", "schedule", "seeds", "lr_grid", "budgets", "timeout_s",
-                "workers")
+                "workers", "search_seeds")
         diff = sorted(k for k in mine if k not in grid and theirs.get(k) != mine.get(k))
         if diff:
             raise MgrError(f"probe suite '{suite_dir.name}' was started with other settings "
@@ -259,25 +297,6 @@ def _write_settings(cfg: ProbeConfig, suite_dir: Path) -> None:
     from mgr.runtime.artifacts import write_json
 
     write_json(suite_dir / "probe.json", cfg.to_dict())
-
-
-def render_run_md(record: dict) -> str:
-    """`run.md` of one probe run, from its record alone."""
-    c, b, r = record.get("config", {}), record.get("budget", {}), record.get("results", {})
-    lines = [f"# Probe run `{record['meta']['run_id']}`", "",
-             f"- task: {c.get('task')} {json.dumps(c.get('task_options', {}))}",
-             f"- attention: {c.get('model', {}).get('attention')}; optimizer "
-             f"{c.get('train', {}).get('optimizer')} at lr {c.get('train', {}).get('learning_rate')}; "
-             f"seed {c.get('train', {}).get('seed')}",
-             f"- budget: {b.get('target_flops', 0):.3g} FLOPs = {b.get('steps')} steps of "
-             f"{(b.get('flops_per_step_xla') or 0):.3g}",
-             f"- status: {record.get('status')}" + (f" ({record['reason']})" if record.get("reason") else "")]
-    if r.get("test_accuracy"):
-        lines += ["", "| slice | accuracy |", "|---|---|", f"| tune | {r['tune_accuracy']:.4f} |"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in r["test_accuracy"].items()]
-        lines += ["", f"headline accuracy: {r['headline_accuracy']:.4f}; decoding state "
-                      f"{r.get('state_bytes')} bytes"]
-    return "\n".join(lines) + "\n"
 
 
 def write_probe_suite(suite_dir: Path) -> dict:

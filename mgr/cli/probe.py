@@ -23,6 +23,8 @@ def probe(
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1,2)"),
     lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="comma-separated learning rates; the best "
                                           "is chosen per arm on the tuning slice (default 1e-3,3e-3)"),
+    search_seeds: Optional[int] = typer.Option(None, help="run only the first N seeds at every rate, the "
+                                               "rest at the chosen one (default 1; 0: every seed at every rate)"),
     budgets: Optional[str] = typer.Option(None, help="comma-separated XLA-counted FLOPs per run (default 8e11)"),
     task_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"mqar": {"settings": [[64, 8]]}}'),
     attention_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"tropical": {"beta": 8}}'),
@@ -52,7 +54,8 @@ def probe(
         "lr_grid": _csv(None if lr_grid is None else [lr_grid], float),
         "budgets": _csv(None if budgets is None else [budgets], float),
         "task_options": None if task_options is None else parse_options(task_options, "--task-options"),
-        "batch_size": batch_size, "workers": workers, "baseline": baseline, "timeout_s": timeout_s, "gate": gate,
+        "batch_size": batch_size, "workers": workers,
+        "search_seeds": search_seeds, "baseline": baseline, "timeout_s": timeout_s, "gate": gate,
         "model": model, "train": {"warmup_steps": warmup},
     }
     summary = run_from_cli(flags, suite)

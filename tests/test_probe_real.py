@@ -1,0 +1,39 @@
+"""The probes are real: at the default suite's settings softmax attention solves the smallest
+`mqar` setting, and a trained uniform causal average (test-only, never registered in the
+shipped registry) stays near chance. Slow (two 2,000-step runs): `uv run pytest -m slow`."""
+
+import dataclasses
+
+import pytest
+
+import attention
+from attention import registry
+from mgr.bench import probes
+from mgr.bench.probe_runner import DEFAULTS, merge
+from mgr.bench.probe_train import run_probe
+
+from baselines import UniformCausalAverage
+
+
+class _Uniform(UniformCausalAverage):
+    def __init__(self, dims, cfg, *, rngs):
+        super().__init__(dims, rngs=rngs)
+
+
+@pytest.mark.slow
+def test_softmax_solves_default_mqar_and_a_uniform_average_stays_near_chance(monkeypatch):
+    fake = dataclasses.replace(attention.get("standard"), name="uniform", module_cls=_Uniform,
+                               supports_cache=False, relative_positions=False)
+    monkeypatch.setitem(registry._REGISTRY, "uniform", fake)  # for this test's process only
+    cfg = merge({"attention": ("standard", "uniform")})
+    data = probes.get("mqar").make(DEFAULTS["task_options"]["mqar"], 0)
+    chance = 1 / (data.vocab_size - data.vocab_size // 2)  # values: the upper half of the vocabulary
+    acc = {}
+    for name in ("standard", "uniform"):
+        model = cfg.model_config(name, data.max_seq_len, data.vocab_size)
+        out = run_probe(model, cfg.train_config("adamw", "cosine", 1e-3, 0), data,
+                        batch_size=cfg.batch_size, budget=cfg.budgets[0])
+        assert out["status"] == "ok"
+        acc[name] = out["results"]["headline_accuracy"]
+    assert acc["standard"] >= 0.9, acc
+    assert acc["uniform"] <= 3 * chance, acc
