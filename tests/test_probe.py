@@ -54,6 +54,14 @@ def test_suite_chooses_lr_on_tune_reports_test_and_resumes(tmp_path):
     again = run_probe_suite(ProbeConfig(**TINY), suite)
     assert {p: p.stat().st_mtime_ns for p in suite.glob("*/*/b_*/lr_*/seed_*/summary.json")} == stamps
     assert again["evidence"]["rows"] == summary["evidence"]["rows"]
+    # a run killed mid-way (its directory there, no finished record) is the only one trained again
+    cut = sorted(stamps)[0]
+    cut.unlink()
+    (cut.parent / "partial.tmp").write_text("half-written")
+    run_probe_suite(ProbeConfig(**TINY), suite)
+    after = {p: p.stat().st_mtime_ns for p in suite.glob("*/*/b_*/lr_*/seed_*/summary.json")}
+    assert [p for p in after if after[p] != stamps.get(p)] == [cut]
+    assert not (cut.parent / "partial.tmp").exists()
     # other shared settings under the same id are refused
     with pytest.raises(MgrError, match="other settings"):
         run_probe_suite(ProbeConfig(**{**TINY, "batch_size": 8}), suite)

@@ -17,7 +17,10 @@ SCHEMA = "mgr.bench.fixed_flops.v1"
 
 def _runs(suite_dir: Path) -> list[tuple[str, dict]]:
     out = []
-    for path in sorted(suite_dir.glob("*/b_*/lr_*/seed_*/summary.json")):
+    # `ARM/seed_S` is the layout of suites written before the learning-rate grid and budgets
+    # existed; they still re-render (their rate and budget are read from each record).
+    paths = sorted(suite_dir.glob("*/b_*/lr_*/seed_*/summary.json")) + sorted(suite_dir.glob("*/seed_*/summary.json"))
+    for path in paths:
         try:
             out.append((str(path.relative_to(suite_dir)), json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError):
@@ -27,12 +30,22 @@ def _runs(suite_dir: Path) -> list[tuple[str, dict]]:
 
 def _run_row(rel: str, s: dict) -> dict:
     res, budget = s.get("results", {}), s.get("budget", {})
-    arm, b, lr, seed = Path(rel).parent.parts
+    parts = Path(rel).parent.parts
+    if len(parts) == 4:
+        arm, b, lr, seed = parts
+        lr, b = float(lr[3:]), float(b[2:])
+    else:  # the legacy layout
+        arm, seed = parts
+        lr = float(s.get("config", {}).get("train", {}).get("learning_rate") or 0.0)
+        b = float(budget.get("target_flops") or 0.0)
+    # Records from before the split have no halves: their whole-set CE stands for both.
+    tune = res.get("val_ce_tune_final", res.get("val_ce_final"))
+    report = res.get("val_ce_report_final", res.get("val_ce_final"))
     return {
-        "seed": int(seed[5:]), "lr": float(lr[3:]), "budget": float(b[2:]), "arm": arm,
+        "seed": int(seed[5:]), "lr": lr, "budget": b, "arm": arm,
         "status": s.get("status"), "reason": s.get("reason"),
-        "val_ce": res.get("val_ce_final"), "val_ce_tune": res.get("val_ce_tune_final"),
-        "val_ce_report": res.get("val_ce_report_final"), "steps": budget.get("steps"),
+        "val_ce": res.get("val_ce_final"), "val_ce_tune": tune,
+        "val_ce_report": report, "steps": budget.get("steps"),
         "flops_per_step_xla": budget.get("flops_per_step_xla"),
         "flops_per_step_analytic": budget.get("flops_per_step_analytic"),
         "tokens_per_second": res.get("tokens_per_second"),

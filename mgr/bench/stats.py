@@ -1,9 +1,15 @@
 """Small statistics for comparing arms over seeds: mean, std, t-based 95% CI, Welch's t-test,
-Holm's correction, Hedges' g, power-law fits of a score against the budget and their crossings."""
+Holm's correction, Hedges' g, the comparison of every arm with a baseline, the spread of a
+learning-rate grid, power-law fits of a score against the budget and their crossings.
+
+Pure Python on short lists (a few seeds per arm): the numbers are small enough that clarity
+beats vectorising. scipy only supplies the t distribution.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from scipy import stats as sps
 
@@ -35,9 +41,19 @@ def welch(a: list[float], b: list[float]) -> dict | None:
     return {"diff": diff, "t": t, "df": df, "p_value": float(2 * sps.t.sf(abs(t), df))}
 
 
-def holm(pvalues) -> list:
-    """Holm–Bonferroni step-down adjusted p-values (monotone, capped at 1); None passes through
-    and does not count towards the number of comparisons."""
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values, in the order given.
+
+    Step-down: the k-th smallest of the m p-values is multiplied by (m - k + 1), a running
+    maximum keeps the adjusted values in the order of the raw ones, and each is capped at 1.
+    Rejecting where the adjusted value is below alpha controls the family-wise error rate at
+    alpha. None (a comparison that could not be tested) passes through as None and does not
+    count towards m. A p-value outside [0, 1] (NaN included) raises ValueError: max() would
+    silently skip a NaN and report the p before it.
+    """
+    for p in pvalues:
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"holm: p-values must lie in [0, 1], got {p}")
     idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
     m, out, running = len(idx), [None] * len(pvalues), 0.0
     for rank, i in enumerate(idx):
@@ -46,9 +62,14 @@ def holm(pvalues) -> list:
     return out
 
 
-def hedges_g(a: list[float], b: list[float]) -> float | None:
-    """Bias-corrected standardised mean difference (mean(a) - mean(b)) / pooled sd; None unless
-    both have >= 2 values. Zero pooled sd gives ±inf for a difference, 0 for none."""
+def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Hedges' g: (mean(a) - mean(b)) / pooled sd, times the small-sample correction
+    J(df) ≈ 1 - 3 / (4 df - 1), df = n_a + n_b - 2 (Hedges 1981; above the exact gamma-function
+    form by 1.3% at the smallest df = 2, 0.27% at df = 4 (3 seeds a side), < 0.06% from df = 8).
+
+    None unless both samples have >= 2 values. A pooled sd of zero gives ±inf for a nonzero
+    difference and 0.0 for none (identical constant samples).
+    """
     na, nb = len(a), len(b)
     if na < 2 or nb < 2:
         return None
@@ -61,24 +82,77 @@ def hedges_g(a: list[float], b: list[float]) -> float | None:
     return (ma - mb) / sd * (1 - 3 / (4 * df - 1))
 
 
-def spread(means) -> float | None:
-    """max - min (a learning-rate grid's sensitivity); None for fewer than two values."""
-    means = [m for m in means if m is not None]
+def compare_arms(samples: dict[str, Sequence[float]], baseline: str, *, higher_is_better: bool,
+                 alpha: float = 0.05) -> dict[str, dict | None]:
+    """Every arm against `baseline`, Holm-corrected over the arms that could be tested.
+
+    `samples` maps an arm to its per-seed values (finite numbers). For each arm other than the
+    baseline: {"baseline", "diff" (mean(arm) - mean(baseline)), "p" (Welch; None unless both
+    sides have >= 2 values), "p_holm" (Holm over the arms that have a p), "significant"
+    (p_holm < alpha), "effect_size" (Hedges' g of arm vs baseline), "better" (when significant:
+    whether the difference points the good way, given `higher_is_better`; else None)}. The
+    baseline, an arm with no values, and every arm when the baseline has none map to None.
+    Raises ValueError for a baseline not in `samples` or a non-finite value.
+    """
+    if baseline not in samples:
+        raise ValueError(f"compare_arms: baseline '{baseline}' is not among the arms {sorted(samples)}")
+    for arm, values in samples.items():
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"compare_arms: arm '{arm}' has a non-finite value; drop failed runs first")
+    base = list(samples[baseline])
+    out: dict[str, dict | None] = {}
+    for arm, values in samples.items():
+        values = list(values)
+        if arm == baseline or not values or not base:
+            out[arm] = None
+            continue
+        test = welch(values, base)
+        out[arm] = {"baseline": baseline, "diff": sum(values) / len(values) - sum(base) / len(base),
+                    "p": test["p_value"] if test else None, "p_holm": None, "significant": False,
+                    "effect_size": hedges_g(values, base), "better": None}
+    # One family: the correction spans every comparison made here, tested or not counted.
+    tested = [v for v in out.values() if v is not None]
+    for v, p_holm in zip(tested, holm([v["p"] for v in tested])):
+        v["p_holm"] = p_holm
+        v["significant"] = p_holm is not None and p_holm < alpha
+        if v["significant"]:
+            v["better"] = (v["diff"] > 0) == higher_is_better
+    return out
+
+
+def spread(means: Sequence[float | None]) -> float | None:
+    """max - min of the means over a learning-rate grid (its sensitivity to the rate); None and
+    NaN entries (rates with no finished run) are skipped; None for fewer than two left."""
+    means = [m for m in means if m is not None and not math.isnan(m)]
     return max(means) - min(means) if len(means) >= 2 else None
 
 
 def error_of_accuracy(acc: float, floor: float = 1e-3) -> float:
-    """1 - accuracy, floored so a perfect score still has a logarithm in a power-law fit."""
+    """The quantity an accuracy is fitted as: error = 1 - acc, floored at `floor` so that a
+    perfect score still has a logarithm. Callers should pass floor = 1 / (2 * n_scored), half
+    of the smallest error the scored answers could show (the default suits ~500 answers).
+    """
     return max(1.0 - acc, floor)
 
 
-def power_law_fit(budgets, values) -> dict | None:
-    """Fit quantity = a * C^b by least squares of log(value) on log(C) over every (budget,
-    value) point; `values[i]` are the per-seed values at `budgets[i]`. Returns a, b, b's
-    standard error and 95% half-width (t, n - 2 df), r2 and the per-budget means; None with
-    fewer than two distinct budgets or a value that is not positive and finite."""
+def power_law_fit(budgets: Sequence[float], values: Sequence[Sequence[float]]) -> dict | None:
+    """Fit quantity = a * C^b by ordinary least squares of log(value) on log(C).
+
+    `values[i]` are the per-seed values at `budgets[i]`; every (budget, value) pair is one
+    point, so seeds weigh as data, not as one mean. The quantity must decrease towards zero
+    with budget and be positive: a loss as it is, an accuracy as `error_of_accuracy(acc)`.
+    Returns {"a", "b", "b_se" (standard error of b; None if n_points < 3), "b_ci95" (the 95%
+    half-width, t with n_points - 2 df; None if n_points < 3), "r2" (of the log-log fit),
+    "n_points", "n_budgets", "points": [[budget, mean of its values], ...]}; None with fewer
+    than two distinct budgets, or a value or budget that is not positive and finite.
+    """
+    if len(budgets) != len(values):
+        raise ValueError(f"power_law_fit: {len(budgets)} budgets but {len(values)} value lists")
     pts = [(float(c), float(v)) for c, vs in zip(budgets, values) for v in vs]
-    if len({c for c, _ in pts}) < 2 or any(not (v > 0 and math.isfinite(v)) or c <= 0 for c, v in pts):
+    if any(not (v > 0 and math.isfinite(v) and c > 0 and math.isfinite(c)) for c, v in pts):
+        return None
+    n_budgets = len({c for c, _ in pts})
+    if n_budgets < 2:
         return None
     xs, ys = [math.log(c) for c, _ in pts], [math.log(v) for _, v in pts]
     n = len(pts)
@@ -91,12 +165,15 @@ def power_law_fit(budgets, values) -> dict | None:
     b_se = math.sqrt(sse / (n - 2) / sxx) if n > 2 else None
     return {"a": a, "b": b, "b_se": b_se,
             "b_ci95": float(sps.t.ppf(0.975, n - 2)) * b_se if b_se is not None else None,
-            "r2": 1 - sse / sst if sst > 0 else 1.0, "n_points": n, "n_budgets": len(set(budgets)),
+            # A constant quantity is fitted exactly (b = 0): no variance left to explain.
+            "r2": 1 - sse / sst if sst > 0 else 1.0, "n_points": n, "n_budgets": n_budgets,
             "points": [[float(c), sum(vs) / len(vs)] for c, vs in zip(budgets, values) if vs]}
 
 
 def crossing(fit_a: dict, fit_b: dict, lo: float, hi: float) -> float | None:
-    """The budget C in [lo, hi] where a1 C^b1 = a2 C^b2; None if parallel or outside."""
+    """The budget C in [lo, hi] where two fitted laws meet: a1 C^b1 = a2 C^b2, i.e.
+    C = (a2 / a1)^(1 / (b1 - b2)). None if the exponents are equal (parallel in log-log: they
+    never meet, or coincide) or the meeting point lies outside [lo, hi]."""
     db = fit_a["b"] - fit_b["b"]
     if db == 0:
         return None

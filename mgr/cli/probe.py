@@ -22,10 +22,10 @@ def probe(
     schedule: Optional[list[str]] = typer.Option(None, "--schedule", help="repeatable; default cosine"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1,2)"),
     lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="comma-separated learning rates; the best "
-                                          "is chosen per arm on the tuning slice (default 1e-3,3e-3)"),
+                                          "is chosen per arm on the tuning slice (default 2e-3,4e-3)"),
     search_seeds: Optional[int] = typer.Option(None, help="run only the first N seeds at every rate, the "
                                                "rest at the chosen one (default 1; 0: every seed at every rate)"),
-    budgets: Optional[str] = typer.Option(None, help="comma-separated XLA-counted FLOPs per run (default 8e11)"),
+    budgets: Optional[str] = typer.Option(None, help="comma-separated XLA-counted FLOPs per run (default 6e11)"),
     task_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"mqar": {"settings": [[64, 8]]}}'),
     attention_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"tropical": {"beta": 8}}'),
     n_layer: Optional[int] = typer.Option(None), n_head: Optional[int] = typer.Option(None),
