@@ -6,11 +6,15 @@ stack for an entry with a stack factory, else the attention module of the first 
 tiny sizes:
 
 1. causality: changing the inputs at positions >= t leaves every output before t unchanged,
-   for every t in 1..T-1 (and a sequence's outputs do not depend on its batch neighbours);
-2. the fast path against the registry's `reference` (the slow, obviously correct form);
-3. for caching algebras: a prefill then token-by-token decoding equals the full forward.
+   for every t in 1..T-1 (max abs change <= CAUSAL_ATOL);
+2. the fast path against the registry's `reference`, the slow, obviously correct form (max
+   abs difference over max |reference| <= REFERENCE_RTOL);
+3. for caching algebras: a prefill then token-by-token decoding equals the full forward (max
+   abs difference <= CACHE_ATOL).
 
-A check that raises counts as failed, with the exception's first line as the reason:
+The causality forward runs every cut as one batch of copies, and checks 2 and 3 run on the
+plain batch and compare with its copy, so a module that mixes the sequences of a batch fails
+them. A check that raises counts as failed, with the exception's first line as the reason:
 `check_entry` never raises for a broken algebra. Each check is one jitted program (the module
 is split once and merged inside the trace), so an algebra costs three small compiles.
 """
@@ -81,14 +85,14 @@ def check_entry(entry: AttentionEntry, dims_cfg: ModelConfig, *, seed: int = 0) 
     """
     from flax import nnx
 
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     checks, failures = _empty_checks(), []
     # Highest matmul precision: the tolerances judge the algebra, not TF32 rounding on a GPU.
     with jax.default_matmul_precision("highest"):
         try:
             graphdef, state = nnx.split(_decoder_module(entry, dims_cfg))
         except Exception as e:  # noqa: BLE001 - a broken algebra is a failed gate, not a crash
-            return _result(entry.name, [f"build raised {_describe(e)}"], checks, time.perf_counter() - start)
+            return _result(entry.name, [f"build raised {_describe(e)}"], checks, time.perf_counter() - t0)
         kx, kn = jax.random.split(jax.random.key(seed))
         x = jax.random.normal(kx, (B, T, dims_cfg.d_model), jnp.float32)
         noise = NOISE * jax.random.normal(kn, x.shape, jnp.float32)
@@ -96,7 +100,7 @@ def check_entry(entry: AttentionEntry, dims_cfg: ModelConfig, *, seed: int = 0) 
         try:
             y, checks["causal_max_leak"], problem = _causality(graphdef, state, x, noise, pos)
         except Exception as e:  # noqa: BLE001
-            return _result(entry.name, [f"forward raised {_describe(e)}"], checks, time.perf_counter() - start)
+            return _result(entry.name, [f"forward raised {_describe(e)}"], checks, time.perf_counter() - t0)
         failures += [problem] if problem else []
         later = [("reference_max_err", "reference", _reference)]
         later += [("cache_max_err", "cache", _cache)] if entry.supports_cache else []
@@ -106,7 +110,7 @@ def check_entry(entry: AttentionEntry, dims_cfg: ModelConfig, *, seed: int = 0) 
             except Exception as e:  # noqa: BLE001
                 problem = f"{label} raised {_describe(e)}"
             failures += [problem] if problem else []
-    return _result(entry.name, failures, checks, time.perf_counter() - start)
+    return _result(entry.name, failures, checks, time.perf_counter() - t0)
 
 
 def _decoder_module(entry, dims_cfg):
@@ -121,7 +125,8 @@ def _decoder_module(entry, dims_cfg):
     from mgr.model.blocks import make_stack
 
     with _registered(entry):
-        cfg = dims_cfg if dims_cfg.attention == entry.name else dataclasses.replace(dims_cfg, attention=entry.name)
+        cfg = dims_cfg if dims_cfg.attention == entry.name else dataclasses.replace(dims_cfg,
+                                                                                    attention=entry.name)
         first = make_stack(cfg, rngs=nnx.Rngs(0))[0]
     return first if entry.stack_factory is not None else first.attn
 
@@ -177,7 +182,8 @@ def _reference(entry, graphdef, state, x, pos, y) -> tuple[float, str | None]:
     ref = _jit(lambda state, x, pos: entry.reference(nnx.merge(graphdef, state), x, pos))(state, x, pos)
     err = float(jnp.max(jnp.abs(ref - y)) / jnp.maximum(jnp.max(jnp.abs(ref)), 1e-6))
     if not err <= REFERENCE_RTOL:
-        return err, f"reference: the fast path differs from the reference by {err:.3g} (max error / max |ref|)"
+        return err, (f"reference: the fast path differs from the reference by {err:.3g} "
+                     f"(max error / max |ref|)")
     return err, None
 
 

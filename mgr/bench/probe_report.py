@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from mgr.bench import evidence
+from mgr.bench.report import read_gates
 from mgr.runtime import artifacts
 
 SCHEMA = "mgr.probe.v1"
@@ -21,16 +22,6 @@ def _records(suite_dir: Path) -> list[tuple[str, dict]]:
         except (OSError, json.JSONDecodeError):
             continue  # a record being written when the suite was killed: that run reruns
     return out
-
-
-def _gates(suite_dir: Path) -> dict:
-    gates = {}
-    for path in sorted((suite_dir / "gates").glob("*.json")):
-        try:
-            gates[path.stem] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return gates
 
 
 def scores(suite_dir: Path) -> list[dict]:
@@ -68,7 +59,7 @@ def write_probe_summary(suite_dir: Path) -> dict:
     arms = [f"{a}-{o}-{s}" for a in settings["attention"] for o in settings["optimizer"]
             for s in settings["schedule"]]
     baseline = settings.get("baseline") or arms[0]
-    gates = _gates(suite_dir)
+    gates = read_gates(suite_dir)
     k = settings.get("search_seeds")
     ev = evidence.build(runs, metric="accuracy", higher_is_better=True, baseline=baseline, gates=gates,
                         search_seeds=None if not k else set(settings["seeds"][:k]))

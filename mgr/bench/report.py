@@ -60,7 +60,8 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def _gates(suite_dir: Path) -> dict:
+def read_gates(suite_dir: Path) -> dict:
+    """The suite's recorded correctness gates, `gates/<algebra>.json`, by algebra."""
     out = {}
     for path in sorted((suite_dir / "gates").glob("*.json")):
         try:
@@ -85,7 +86,7 @@ def aggregate(suite_dir: Path, bench: dict) -> dict:
                "report": r["val_ce_report"] if r["status"] == "ok" else None, "slices": {},
                "steps": r["steps"], "state_bytes": None, "source": r["path"]} for r in rows]
     ev = evidence.build(scores, metric="val_ce", higher_is_better=False, baseline=base_name,
-                        gates=_gates(suite_dir))
+                        gates=read_gates(suite_dir))
     arms = []
     for name in order:
         mine = [r for r in ev["rows"] if r["arm"] == name]

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from attention.base import require  # noqa: F401  (re-exported: every task validates with it)
 from core.errors import MgrError
 
 IGNORE = -1  # target value of a position that is not scored
@@ -76,11 +77,6 @@ class TaskConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise MgrError(msg)
 
 
 @dataclass(frozen=True)
