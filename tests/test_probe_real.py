@@ -37,3 +37,19 @@ def test_softmax_solves_default_mqar_and_a_uniform_average_stays_near_chance(mon
         acc[name] = out["results"]["headline_accuracy"]
     assert acc["standard"] >= 0.9, acc
     assert acc["uniform"] <= 3 * chance, acc
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_losses_of_one_process(tmp_path):
+    import json
+
+    from mgr.bench.probe_suite import ProbeConfig, run_probe_suite
+    from test_probe import TINY
+
+    losses = {}
+    for n in (1, 2):
+        suite = tmp_path / f"w{n}"
+        run_probe_suite(ProbeConfig(**{**TINY, "workers": n}), suite)
+        losses[n] = {str(p.relative_to(suite)): json.loads(p.read_text())["results"]["loss_curve"]
+                     for p in suite.glob("*/*/b_*/lr_*/seed_*/summary.json")}
+    assert len(losses[1]) == 8 and losses[1] == losses[2]

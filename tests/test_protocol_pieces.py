@@ -3,7 +3,6 @@ probe loss and accuracy, Holm's correction, Hedges' g, power-law fits and their 
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

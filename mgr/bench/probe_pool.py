@@ -27,25 +27,48 @@ def _init_worker(cache_env: dict) -> None:
 
 
 def _work(cfg_dict: dict, job: tuple, suite_dir: str) -> list:
-    from mgr.bench.probe_suite import ProbeConfig, run_job
+    from mgr.bench.probe_jobs import run_job
+    from mgr.bench.probe_suite import ProbeConfig
 
     return run_job(ProbeConfig.from_dict(cfg_dict), job, Path(suite_dir), regate=True)
 
 
-def run_jobs_in_workers(cfg, suite_dir: Path, jobs: list[tuple]) -> Iterator[list]:
-    """Yield each job's (relative path, record) list as it finishes, `cfg.workers` at a time."""
-    import jax
+def _gate(name: str, options: dict | None) -> dict:
+    from mgr.bench.gate import check_algebra
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("MGR_")}
-    env["MGR_JAX_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
-    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(env,))
-    try:
-        pending = {pool.submit(_work, cfg.to_dict(), job, str(suite_dir)) for job in jobs}
+    return check_algebra(name, options)
+
+
+class Workers:
+    """One pool of `n` spawned workers for a whole suite (their compiled programs, FLOPs counts
+    and gate results stay cached between the suite's stages). `with Workers(cfg, n) as w:`."""
+
+    def __init__(self, cfg, n: int):
+        import jax
+
+        env = {k: v for k, v in os.environ.items() if k.startswith("MGR_")}
+        env["MGR_JAX_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
+        self.cfg = cfg
+        self.pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
+                                        initializer=_init_worker, initargs=(env,))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # On an interrupt or an error nothing more starts; running jobs end with the workers.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def gates(self, names: list[str], options: dict) -> dict[str, dict]:
+        """Every algebra's gate, checked in parallel (it is also checked again, from a warm
+        cache, in whichever worker trains it)."""
+        futs = {n: self.pool.submit(_gate, n, options.get(n)) for n in names}
+        return {n: f.result() for n, f in futs.items()}
+
+    def run(self, suite_dir: Path, jobs: list[tuple]) -> Iterator[list]:
+        """Yield each job's (relative path, record) list as it finishes."""
+        pending = {self.pool.submit(_work, self.cfg.to_dict(), job, str(suite_dir)) for job in jobs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield fut.result()
-    finally:
-        # On an interrupt or an error nothing more starts; running jobs end with the workers.
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -120,8 +120,9 @@ HEADER = ["task", "budget", "arm", "accuracy ± 95% CI", "Δ vs base", "Holm p",
 def render_md(summary: dict) -> str:
     p, meta = summary["probe"], summary["meta"]
     lines = [f"# Probe suite `{meta['run_id']}`", "",
-             f"- tasks: {', '.join(p['tasks'])}; budgets {p['budgets']} XLA-counted FLOPs per run",
-             f"- learning-rate grid {p['lr_grid']} (best chosen on the tuning slice"
+             f"- tasks: {', '.join(p['tasks'])}; budgets {', '.join(f'{b:.3g}' for b in p['budgets'])} XLA-counted "
+             "FLOPs per run",
+             f"- learning-rate grid {', '.join(f'{x:g}' for x in p['lr_grid'])} (best chosen on the tuning slice"
              + (f" of the first {p['search_seeds']} seed(s), the other seeds run at the chosen rate only"
                 if p.get("search_seeds") else "") + f"; scores on the test slices); seeds {p['seeds']}; "
              f"batch {p['batch_size']}",

@@ -222,12 +222,17 @@ def _check_same_suite(cfg: BenchConfig, suite_dir: Path) -> None:
                            " use a new --run-id")
 
 
-def gate_once(suite_dir: Path, attention: str, options: dict | None, *, enabled: bool) -> dict:
+def gate_once(suite_dir: Path, attention: str, options: dict | None, *, enabled: bool,
+              result: dict | None = None) -> dict:
     """The algebra's correctness gate, checked in this process (once per process: a resumed
-    suite checks again rather than trusting an old record) and recorded in `gates/<name>.json`."""
+    suite checks again rather than trusting an old record) and recorded in `gates/<name>.json`.
+    `result`: the gate as a worker process checked it (the worker that trains the algebra
+    checks it again itself)."""
     from mgr.runtime.artifacts import write_json
 
-    if enabled:
+    if result is not None:
+        pass
+    elif enabled:
         from mgr.bench.gate import check_algebra
 
         result = check_algebra(attention, options)
