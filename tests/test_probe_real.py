@@ -1,6 +1,8 @@
 """The probes are real: at the default suite's settings softmax attention solves the smallest
 `mqar` setting, and a trained uniform causal average (test-only, never registered in the
-shipped registry) stays near chance. Slow (two 2,000-step runs): `uv run pytest -m slow`."""
+shipped registry) stays near chance. Its chance is the bag-of-values level, 1 / num_pairs: an
+average of the context sees which values are present (4 of 32) but not which key each belongs
+to. Slow (two 1,700-step runs): `uv run pytest -m slow`."""
 
 import dataclasses
 
@@ -27,16 +29,17 @@ def test_softmax_solves_default_mqar_and_a_uniform_average_stays_near_chance(mon
     monkeypatch.setitem(registry._REGISTRY, "uniform", fake)  # for this test's process only
     cfg = merge({"attention": ("standard", "uniform")})
     data = probes.get("mqar").make(DEFAULTS["task_options"]["mqar"], 0)
-    chance = 1 / (data.vocab_size - data.vocab_size // 2)  # values: the upper half of the vocabulary
+    ((_, pairs),) = DEFAULTS["task_options"]["mqar"]["settings"]
+    chance = 1 / pairs  # guessing among the values present in the context
     acc = {}
     for name in ("standard", "uniform"):
         model = cfg.model_config(name, data.max_seq_len, data.vocab_size)
-        out = run_probe(model, cfg.train_config("adamw", "cosine", 1e-3, 0), data,
+        out = run_probe(model, cfg.train_config("adamw", "cosine", cfg.lr_grid[0], 0), data,
                         batch_size=cfg.batch_size, budget=cfg.budgets[0])
         assert out["status"] == "ok"
         acc[name] = out["results"]["headline_accuracy"]
     assert acc["standard"] >= 0.9, acc
-    assert acc["uniform"] <= 3 * chance, acc
+    assert acc["uniform"] <= chance + 0.1, acc
 
 
 @pytest.mark.slow
