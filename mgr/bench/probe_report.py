@@ -141,35 +141,13 @@ def render_md(summary: dict) -> str:
 
 
 def plot_state_accuracy(summary: dict, path: Path) -> None:
-    """Zoology's plot: accuracy against decoding-state bytes, one point per arm and task, at the
-    largest budget each arm reached."""
-    import matplotlib
+    """Zoology's plot: accuracy against decoding-state bytes, one point per arm and task at its
+    largest budget (the research report's own plot, drawn for this one suite). Nothing is
+    written when no row has a state size and a score."""
+    from mgr.bench.research_plots import state_plot
+    from mgr.runtime.paths import atomic_write_bytes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in summary["evidence"]["rows"] if r["score"]["mean"] is not None and r["state_bytes"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    top = {}
-    for r in rows:
-        key = (r["task"], r["arm"])
-        if key not in top or r["budget"] > top[key]["budget"]:
-            top[key] = r
-    for task in dict.fromkeys(k[0] for k in top):
-        pts = [r for (t, _), r in top.items() if t == task]
-        ax.scatter([r["state_bytes"] for r in pts], [r["score"]["mean"] for r in pts], label=task, s=18)
-        for r in pts:
-            ax.annotate(r["attention"], (r["state_bytes"], r["score"]["mean"]), fontsize=6,
-                        xytext=(2, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("decoding state per sequence (bytes)")
-    ax.set_ylabel("accuracy on answer positions")
-    ax.set_title(f"probe suite {summary['meta']['run_id']}: accuracy against state")
-    ax.grid(alpha=0.3)
-    if top:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    rows = [{**r, "suite": 0, "label": r["attention"]} for r in summary["evidence"]["rows"]]
+    png, _ = state_plot({"rows": rows})
+    if png is not None:
+        atomic_write_bytes(path, png)

@@ -17,7 +17,7 @@ def render(report: dict) -> list[dict]:
     """[{"name", "file", "title", "png": bytes | None, "skipped": reason | None}] for the three
     plots: accuracy against decoding state, metric against budget, learning-rate sensitivity."""
     out = []
-    for name, title, draw in (("state_accuracy", "accuracy against decoding state bytes", _state),
+    for name, title, draw in (("state_accuracy", "accuracy against decoding state bytes", state_plot),
                               ("scaling", "metric against FLOPs budget, with fitted power laws", _scaling),
                               ("lr_sensitivity", "learning-rate sensitivity on the tuning slice", _lr)):
         png, skipped = draw(report)
@@ -53,7 +53,7 @@ def _grid(n: int, title: str):
     return fig, list(axes.flat[:n])
 
 
-def _state(report: dict):
+def state_plot(report: dict):
     """Zoology's recall-against-state plot: one point per arm per probe task (its largest budget)."""
     top: dict[tuple, dict] = {}
     for r in report["rows"]:
