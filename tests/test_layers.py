@@ -18,13 +18,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("mgr.cli",),
     ("mgr.demos",),
     ("mgr.bench",),
+    ("mgr.infer",),
     ("mgr.train",),
     ("mgr.model", "mgr.data"),
     ("mgr.config", "mgr.runtime"),
-    ("attention", "optim"),
+    ("attention", "optim", "ffn"),
     ("core",),
 ]
-PACKAGES = ("mgr", "attention", "optim", "core")
+PACKAGES = ("mgr", "attention", "optim", "ffn", "core")
 
 
 def module_name(path: Path, root: Path) -> str:

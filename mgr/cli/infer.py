@@ -1,0 +1,1 @@
+"""`mgr generate` and `mgr export`."""

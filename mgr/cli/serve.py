@@ -1,0 +1,1 @@
+"""`mgr serve` and `mgr bench-inference`."""
