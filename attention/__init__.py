@@ -18,3 +18,4 @@ from attention import fractal  # noqa: F401,E402
 from attention import surreal  # noqa: F401,E402
 from attention import reversible  # noqa: F401,E402
 from attention import gauge  # noqa: F401,E402
+from attention import ssm  # noqa: F401,E402

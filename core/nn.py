@@ -34,7 +34,8 @@ class Dense(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """ReLU² feed-forward on 2-D activations, no biases."""
+    """ReLU² feed-forward on 2-D activations, no biases (the `relu2` kind of ffn/relu2.py is this
+    module; reversible's stack uses it directly)."""
 
     def __init__(self, d_model: int, hidden: int, *, rngs: nnx.Rngs, out_std: float | None = None):
         self.up = Dense(d_model, hidden, rngs=rngs)

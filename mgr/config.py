@@ -45,6 +45,8 @@ class ModelConfig(_Serialisable):
     `attention` is one registered name or a tuple of names tiled over layers, so
     `("standard", "tropical")` with 4 layers gives standard, tropical, standard, tropical.
     `attention_options` maps an algebra name to keyword arguments of its config dataclass.
+    `ffn` and `ffn_options` do the same for each layer's feed-forward kind (`ffn/`), tiled
+    independently of `attention`: `ffn=("relu2", "moe")` puts experts on every second layer.
     """
 
     vocab_size: int = 4096
@@ -56,6 +58,8 @@ class ModelConfig(_Serialisable):
     mlp_ratio: int = 4
     attention: str | tuple[str, ...] = "standard"
     attention_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ffn: str | tuple[str, ...] = "relu2"
+    ffn_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     logit_softcap: float = 15.0
     rope_base: float = 10000.0
 
@@ -82,6 +86,49 @@ class ModelConfig(_Serialisable):
             attn_registry.get(name)
         for name in set(self.attention_pattern):
             self.algebra_config(name).validate(dims)
+        self._check_ffn()
+
+    def _check_ffn(self) -> None:
+        import attention as attn_registry
+        import ffn as ffn_registry
+
+        if isinstance(self.ffn, list):
+            object.__setattr__(self, "ffn", tuple(self.ffn))
+        _check(len(self.ffn_pattern) > 0, "ffn must name at least one feed-forward kind")
+        _check(isinstance(self.ffn_options, dict), "ffn_options must map ffn names to their knobs")
+        for name in (*self.ffn_pattern, *self.ffn_options):
+            self.ffn_config(name)  # unknown names list the valid ones; bad knobs are one line
+        for layer in range(self.n_layers):
+            algebra, kind = self.layer_attention(layer), self.layer_ffn(layer)
+            entry = attn_registry.get(algebra)
+            own_module = entry.stack_factory is not None or entry.block_factory is not None
+            _check(not own_module or kind == ffn_registry.DEFAULT,
+                   f"layer {layer}: attention '{algebra}' builds its own residual module with a "
+                   f"{ffn_registry.DEFAULT} feed-forward; ffn '{kind}' cannot be used on that layer")
+
+    @property
+    def ffn_pattern(self) -> tuple[str, ...]:
+        return (self.ffn,) if isinstance(self.ffn, str) else tuple(self.ffn)
+
+    def layer_ffn(self, layer: int) -> str:
+        pattern = self.ffn_pattern
+        return pattern[layer % len(pattern)]
+
+    @property
+    def ffn_hidden(self) -> int:
+        """The feed-forward's hidden width (each expert's, for an MoE)."""
+        return self.d_model * self.mlp_ratio
+
+    def ffn_config(self, name: str):
+        import ffn as ffn_registry
+
+        entry = ffn_registry.get(name)
+        opts = self.ffn_options.get(name, {})
+        _check(isinstance(opts, dict), f"ffn_options for '{name}' must be an object of knobs")
+        try:
+            return entry.config_cls(**opts)
+        except TypeError as e:
+            raise MgrError(f"bad options for ffn '{name}': {e}") from None
 
     @property
     def head_dim(self) -> int:

@@ -14,6 +14,15 @@ Kernels are stored `(..., in, out)` (see `attention.base.Dense`): the last two a
 are its input and output axes and any leading axes (the stacked layer axis, per-head blocks)
 are batch axes, which is what `matrix_axes` tells Muon. That one rule is right for both the
 unrolled `(in, out)` and the stacked `(L, in, out)` layouts.
+
+Feed-forward experts (ffn/moe.py) store `kernel [E, in, out]`: E is one more batch axis, so each
+expert's matrix is a matrix here (Muon orthogonalises each on its own, weight decay applies).
+The MoE router (`blocks/<i>/mlp/router/kernel`, D x E; the block names its feed-forward `mlp`)
+takes the head's role, AdamW with decay, not Muon:
+like the head it is a readout whose logits choose among discrete options, and with E << D its
+gradient has rank <= E, whose weak directions (often the load-balancing term's alone)
+Newton–Schulz would raise to the same unit step as the task's, so `aux_weight` would no longer
+set how hard balance is pushed.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ import jax
 
 MATRIX, EMBEDDING, HEAD, VECTOR = "matrix", "embedding", "head", "vector"
 ROLES = (MATRIX, EMBEDDING, HEAD, VECTOR)
+# A feed-forward's router: the block's `mlp` holding ffn/moe.py's `router` (a readout: see
+# above). Fractal attention's `attn/router` is a hidden map of the algebra and stays a matrix.
+FFN, ROUTER = "mlp", "router"
 
 
 def path_str(path) -> str:
@@ -42,7 +54,7 @@ def role_of(path: str, ndim: int, *, stacked: bool = False) -> str:
     parts = path.split("/")
     if parts[0] == "embed":
         return EMBEDDING
-    if parts[0] == "head":
+    if parts[0] == "head" or parts[-3:] == [FFN, ROUTER, "kernel"]:
         return HEAD
     is_matrix = parts[-1] == "kernel" and ndim - (1 if stacked else 0) >= 2
     return MATRIX if is_matrix else VECTOR

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import attention
+import ffn
 import optim
 from core.errors import MgrError
 from mgr.cli import app
@@ -55,7 +56,7 @@ def assert_user_error(result, *words):
 def test_list_shows_every_registered_name():
     result = invoke("list")
     assert result.exit_code == 0
-    for name in attention.names() + optim.names() + optim.schedule_names():
+    for name in attention.names() + ffn.names() + optim.names() + optim.schedule_names():
         assert name in result.stdout
 
 

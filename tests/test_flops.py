@@ -8,6 +8,7 @@ a count far below the analytic estimate.
 import pytest
 
 import attention
+import ffn
 from mgr.config import ModelConfig, TrainConfig
 from mgr.train.flops import analytic_train_flops_per_step
 from mgr.train import step_flops
@@ -22,6 +23,18 @@ def test_counted_flops_agree_with_the_analytic_estimate(name):
     counted = step_flops(cfg, TrainConfig(), (B, T + 1))
     analytic = analytic_train_flops_per_step(cfg, B, T)
     assert 0.6 < counted / analytic < 1.7, (counted, analytic)
+
+
+@pytest.mark.parametrize("kind", ffn.names())
+def test_counted_flops_agree_with_the_analytic_estimate_for_every_ffn(kind):
+    """Every feed-forward kind on two of four layers (an MoE dropless, so every token's E slots
+    run, and with capacity 1.25 and k = 2); the analytic count takes each kind's own entry."""
+    for options in ({}, {"moe": {"capacity_factor": 1.25, "top_k": 2}}):
+        cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=4, max_seq_len=T,
+                          ffn=("relu2", kind), ffn_options=options)
+        counted = step_flops(cfg, TrainConfig(), (B, T + 1))
+        analytic = analytic_train_flops_per_step(cfg, B, T)
+        assert 0.85 < counted / analytic < 1.2, (kind, options, counted, analytic)
 
 
 def test_loops_are_charged_per_iteration():

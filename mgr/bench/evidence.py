@@ -25,7 +25,8 @@ carry `"kind"` ("probe" or "fixed_flops"), `"meta"` (provenance) and `"evidence"
       "fits": [ {"task", "arm", "metric", "quantity": "val_ce" | "error = 1 - accuracy",
                  "a", "b", "b_ci95", "r2", "points": [[budget, mean], ...]} ],   # quantity = a * C^b
       "crossings": [ {"task", "arm", "other", "budget"} ],
-      "gates": {attention: {"passed": bool, "reason": str | None, "checks": {...}}},
+      "gates": {label: {"passed": bool, "reason": str | None, "checks": {...},   # label: the algebra,
+                        "used_by": [entry]}},     # or ALGEBRA@VARIANT; used_by: the grid entries needing it
       "conclusions": [str],
     }
 
@@ -160,7 +161,8 @@ def conclusions(rows, crossings, gates, metric) -> list[str]:
     out = []
     for name, g in sorted(gates.items()):
         if not g.get("passed"):
-            out.append(f"{name} failed the correctness gate and was not scored: {g.get('reason')}")
+            out.append(f"{name} failed the correctness gate and was not scored: {g.get('reason')}"
+                       + not_run(name, g))
     by: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         by[(r["task"], r["budget"])].append(r)
@@ -183,6 +185,12 @@ def conclusions(rows, crossings, gates, metric) -> list[str]:
     for c in crossings:
         out.append(f"{c['arm']} and {c['other']} cross on {c['task']} at about {c['budget']:.3g} FLOPs")
     return out
+
+
+def not_run(label: str, gate: dict) -> str:
+    """The variants a failed gate kept out, named (a plain algebra's entry is the label itself)."""
+    others = [e for e in gate.get("used_by") or [] if e != label.split("@")[0]]
+    return f"; variants not run because they use it: {', '.join(others)}" if others else ""
 
 
 def _ci(d) -> str:

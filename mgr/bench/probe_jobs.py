@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import MgrError
+from mgr.bench import variants as variants_
 from mgr.bench.probe_suite import RUN_SCHEMA, ProbeConfig, arm_name, run_path, write_probe_suite
 
 
@@ -22,18 +23,19 @@ def run_all(cfg: ProbeConfig, suite_dir: Path, on_result) -> None:
 
     from mgr.bench.suite import gate_once
 
-    options = cfg.model.get("attention_options", {})
+    plan = cfg.gate_plan()  # every distinct algebra of every entry (variants included), once
     workers = None
     with contextlib.ExitStack() as stack:
         if cfg.workers > 1:
             from mgr.bench.probe_pool import Workers
 
             workers = stack.enter_context(Workers(cfg, cfg.workers))
-        checked = workers.gates(list(cfg.attention), options) if workers and cfg.gate else {}
-        gates = {a: gate_once(suite_dir, a, options.get(a), enabled=cfg.gate, result=checked.get(a))
-                 for a in cfg.attention}
+        checked = _pool_gates(workers, plan) if workers and cfg.gate else {}
+        gates = {label: gate_once(suite_dir, name, options, enabled=cfg.gate, result=checked.get(label),
+                                  label=label, used_by=plan.users(label))
+                 for label, (name, options) in plan.checks.items()}
         k = cfg.search_seeds or len(cfg.seeds)
-        groups = [(arm, task, budget) for arm in cfg.arms() if gates[arm[0]]["passed"]
+        groups = [(arm, task, budget) for arm in cfg.arms() if not plan.failed(arm[0], gates)
                   for task, budget in itertools.product(cfg.tasks, cfg.budgets)]
         _execute(cfg, suite_dir, [(*arm, task, budget, lr, cfg.seeds[:k]) for arm, task, budget in groups
                                   for lr in cfg.lr_grid], on_result, workers)
@@ -42,6 +44,22 @@ def run_all(cfg: ProbeConfig, suite_dir: Path, on_result) -> None:
                       for arm, task, budget in groups]
             second.sort(key=lambda job: -_seconds(suite_dir, job, cfg.seeds[0]))
             _execute(cfg, suite_dir, second, on_result, workers)
+
+
+def _pool_gates(workers, plan) -> dict[str, dict]:
+    """Every planned gate checked in the worker pool. The pool takes one options set per
+    algebra name, so an algebra that variants use with several options sets takes a round each."""
+    rounds: list[dict[str, str]] = []  # per round: algebra -> label
+    for label, (name, _) in plan.checks.items():
+        free = next((r for r in rounds if name not in r), None)
+        if free is None:
+            rounds.append(free := {})
+        free[name] = label
+    out = {}
+    for r in rounds:
+        got = workers.gates(list(r), {name: plan.checks[label][1] for name, label in r.items()})
+        out.update({r[name]: result for name, result in got.items()})
+    return out
 
 
 def _seconds(suite_dir: Path, job: tuple, seed: int) -> float:
@@ -113,7 +131,10 @@ def run_job(cfg: ProbeConfig, job: tuple, suite_dir: Path, *, regate: bool = Fal
     if regate and cfg.gate:
         from mgr.bench.gate import check_algebra
 
-        gate = check_algebra(attention, cfg.model.get("attention_options", {}).get(attention))
+        # Every algebra the entry's layers use; the first that fails stands for the entry.
+        checked = [check_algebra(name, options)
+                   for name, options in variants_.algebras(cfg.model_config(attention, 16))]
+        gate = next((g for g in checked if not g["passed"]), checked[0])
     out = []
     for seed in seeds:
         rel = run_path(arm, task, budget, lr, seed)
@@ -147,7 +168,8 @@ def _one_run(cfg: ProbeConfig, arm: tuple[str, str, str], task: str, budget: flo
         model = cfg.model_config(attention, data.max_seq_len, data.vocab_size)
         train = cfg.train_config(optimizer, schedule, lr, seed)
         record["config"] = {"model": model.to_dict(), "train": train.to_dict(), "task": task,
-                            "task_options": probes_options(cfg, task), "batch_size": cfg.batch_size}
+                            "task_options": probes_options(cfg, task), "batch_size": cfg.batch_size,
+                            "variant": attention if attention in cfg.variants else None}
         out = run_probe(model, train, data, batch_size=cfg.batch_size, budget=budget)
         record.update(budget=out["budget"], results=out["results"], status=out["status"], reason=out["reason"])
         record["results"]["state_bytes"] = state_bytes(model)

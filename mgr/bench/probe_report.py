@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mgr.bench import evidence
+from mgr.bench import evidence, variants
 from mgr.bench.report import read_gates
 from mgr.runtime import artifacts
 
@@ -46,6 +46,8 @@ def scores(suite_dir: Path) -> list[dict]:
 
 def _split_arm(arm: str, cfg: dict) -> tuple[str, str, str]:
     train = cfg.get("train", {})
+    if cfg.get("variant"):  # a variant's model may run several algebras: the variant names the arm
+        return cfg["variant"], train["optimizer"], train["schedule"]
     if "model" in cfg:
         return cfg["model"]["attention"], train["optimizer"], train["schedule"]
     a, o, s = arm.rsplit("-", 2)
@@ -69,6 +71,8 @@ def write_probe_summary(suite_dir: Path) -> dict:
     summary = artifacts.as_recorded({
         "schema_version": SCHEMA, "kind": "probe", "meta": artifacts.provenance(suite_dir.name),
         "probe": settings, "baseline": baseline, "evidence": ev,
+        # not "arms": that key marks a fixed-FLOPs summary (mgr compare, mgr report)
+        "arm_models": variants.arm_models(settings, gates),
         "failures": [{k: r[k] for k in ("source", "status", "reason")} for r in runs if r["status"] != "ok"],
         "runs_finished": len(runs)})
     artifacts.write_json(suite_dir / "summary.json", summary)
@@ -82,7 +86,8 @@ def render_run_md(record: dict) -> str:
     c, b, r = record.get("config", {}), record.get("budget", {}), record.get("results", {})
     lines = [f"# Probe run `{record['meta']['run_id']}`", "",
              f"- task: {c.get('task')} {json.dumps(c.get('task_options', {}))}",
-             f"- attention: {c.get('model', {}).get('attention')}; optimizer "
+             f"- attention: {c.get('model', {}).get('attention')}"
+             + (f" (variant {c['variant']})" if c.get("variant") else "") + "; optimizer "
              f"{c.get('train', {}).get('optimizer')} at lr {c.get('train', {}).get('learning_rate')}; "
              f"seed {c.get('train', {}).get('seed')}",
              f"- budget: {b.get('target_flops', 0):.3g} FLOPs = {b.get('steps')} steps of "
@@ -131,8 +136,9 @@ def render_md(summary: dict) -> str:
              f"- device: {meta['device']['platform']} x{meta['device']['count']}", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
-    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05).",
-              "", "## Conclusions", ""] + [f"- {t}" for t in summary["evidence"]["conclusions"]]
+    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05)."]
+    lines += variants.md_lines(p)
+    lines += ["", "## Conclusions", ""] + [f"- {t}" for t in summary["evidence"]["conclusions"]]
     if summary["failures"]:
         lines += ["", "## Failed runs", ""] + [f"- {f['source']}: {f['status']} ({f['reason']})"
                                                for f in summary["failures"]]

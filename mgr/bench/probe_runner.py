@@ -1,4 +1,4 @@
-"""Glue between `mgr probe` and the library: defaults, flags, live display, printed table."""
+"""Glue between `mgr probe` and the library: defaults, sweep files, flags, live display, printed table."""
 
 from __future__ import annotations
 
@@ -21,20 +21,48 @@ DEFAULTS = {
 }
 
 
-def merge(flags: dict) -> ProbeConfig:
-    """Built-in defaults < flags given on the command line (None means not given)."""
+# Where each key of a probe sweep file lives: [grid], [budget], [probe]; then the tables
+# [task_options.TASK], [model], [train] and [variants.NAME] (ModelConfig overrides).
+SWEEP_KEYS = {"grid": ("tasks", "attention", "optimizer", "schedule", "seeds"),
+              "budget": ("budgets", "lr_grid", "search_seeds", "baseline", "timeout_s"),
+              "probe": ("batch_size", "workers")}
+SECTIONS = ("task_options", "model", "train", "variants")
+
+
+def load_probe_sweep(path: Path) -> dict:
+    """A probe sweep file as ProbeConfig fields; an unknown section or key is one line."""
+    from core.errors import MgrError
+    from mgr.bench.suite import read_toml
+
+    raw = read_toml(path, (*SWEEP_KEYS, *SECTIONS))
+    out: dict = {}
+    for section, keys in SWEEP_KEYS.items():
+        table = raw.get(section, {})
+        unknown = sorted(set(table) - set(keys))
+        if unknown:
+            raise MgrError(f"--sweep: unknown keys {unknown} in [{section}] of {path}; valid: {', '.join(keys)}")
+        out.update({k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+    out.update({k: dict(raw[k]) for k in SECTIONS if k in raw})
+    return out
+
+
+def merge(flags: dict, sweep: Path | None = None) -> ProbeConfig:
+    """Built-in defaults < sweep file < flags given on the command line (None means not given);
+    named model variants come from the sweep file only."""
     import attention
 
-    out = {"attention": tuple(attention.names()), **{k: v for k, v in DEFAULTS.items()
-                                                      if k not in ("model", "train")}}
-    out.update({k: v for k, v in flags.items() if v is not None and k not in ("model", "train")})
-    for section in ("model", "train"):
-        out[section] = {**DEFAULTS[section], **{k: v for k, v in (flags.get(section) or {}).items()
-                                                if v is not None}}
+    tables = ("model", "train", "task_options", "variants")
+    from_sweep = load_probe_sweep(sweep) if sweep else {}
+    out = {"attention": tuple(attention.names()), **{k: v for k, v in DEFAULTS.items() if k not in tables}}
+    for layer in (from_sweep, flags):
+        out.update({k: v for k, v in layer.items() if v is not None and k not in tables})
+    for section in tables:  # merged per key: a task's options, a model field, a variant
+        out[section] = {**DEFAULTS.get(section, {}), **from_sweep.get(section, {}),
+                        **{k: v for k, v in (flags.get(section) or {}).items() if v is not None}}
     return ProbeConfig(**out)
 
 
-def run_from_cli(flags: dict, suite_dir: Path) -> dict:
+def run_from_cli(flags: dict, suite_dir: Path, sweep: Path | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -42,7 +70,7 @@ def run_from_cli(flags: dict, suite_dir: Path) -> dict:
     from mgr.bench.probe_report import HEADER, table_rows
     from mgr.runtime import enable_compilation_cache
 
-    cfg = merge(flags)
+    cfg = merge(flags, sweep)
     enable_compilation_cache()
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

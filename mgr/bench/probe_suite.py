@@ -4,7 +4,9 @@ Every run trains a fresh decoder on one probe task to one XLA-counted FLOPs budg
 scored on the task's answer positions. The learning rate of each (arm, task, budget) is chosen
 on the tuning slice and the result reported on the disjoint test slices (`mgr.bench.evidence`).
 Before an algebra trains at all it passes the correctness gate (`mgr.bench.gate`) in this
-process; an algebra that fails is recorded with the reason and gets no runs and no score.
+process; an algebra that fails is recorded with the reason and gets no runs and no score. An
+`attention` entry is a registered algebra or a named model variant (`mgr.bench.variants`),
+which runs only if every algebra its layers use passed.
 
 Like the fixed-FLOPs suite: one process per suite (a lock), finished runs are skipped when a
 suite id is resumed, a failing run is recorded and the sweep goes on, and the suite record is
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import MgrError
+from mgr.bench import variants as variants_
 from mgr.config import ModelConfig, TrainConfig
 
 RUN_SCHEMA = "mgr.probe.run.v1"
@@ -30,7 +33,7 @@ class ProbeConfig:
     """The grid of a probe suite and what all of its runs share."""
 
     tasks: tuple[str, ...]
-    attention: tuple[str, ...]
+    attention: tuple[str, ...]  # registered algebra names or names of `variants`
     optimizer: tuple[str, ...] = ("adamw",)
     schedule: tuple[str, ...] = ("cosine",)
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -50,6 +53,7 @@ class ProbeConfig:
     # every rate, chooses the rate on their tuning scores, then runs the other seeds at that
     # rate only (the reported scores still use every seed).
     search_seeds: int | None = None
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> ModelConfig overrides
 
     def __post_init__(self):
         from mgr.bench import probes
@@ -70,12 +74,15 @@ class ProbeConfig:
                            f"({len(self.seeds)}), got {self.search_seeds}")
         if self.batch_size <= 0 or self.workers <= 0:
             raise MgrError("batch size and workers must be positive")
+        object.__setattr__(self, "variants", variants_.check(self.variants))
         arms = [arm_name(*a) for a in self.arms()]
         if self.baseline is not None and self.baseline not in arms:
             raise MgrError(f"baseline '{self.baseline}' is not an arm; arms: {', '.join(arms)}")
         for arm in self.arms():  # impossible shapes or knobs fail now, in one line
             self.model_config(arm[0], 16)
             self.train_config(arm[1], arm[2], self.lr_grid[0], self.seeds[0])
+        for name in self.variants:  # a variant not in the grid is checked too: a typo shows now
+            self.model_config(name, 16)
 
     def arms(self) -> list[tuple[str, str, str]]:
         return list(itertools.product(self.attention, self.optimizer, self.schedule))
@@ -91,8 +98,14 @@ class ProbeConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def model_config(self, attention: str, seq_len: int, vocab_size: int = 64) -> ModelConfig:
-        return ModelConfig(**{**self.model, "attention": attention, "vocab_size": vocab_size,
-                              "max_seq_len": seq_len})
+        """The ModelConfig of grid entry `attention` (an algebra or a variant); the task fixes the
+        vocabulary and the length."""
+        return variants_.model_config(attention, self.model, self.variants,
+                                      fixed={"vocab_size": vocab_size, "max_seq_len": seq_len})
+
+    def gate_plan(self) -> variants_.GatePlan:
+        return variants_.gate_plan(self.attention, lambda entry: self.model_config(entry, 16),
+                                   self.model.get("attention_options", {}))
 
     def train_config(self, optimizer: str, schedule: str, lr: float, seed: int) -> TrainConfig:
         return TrainConfig(**{**self.train, "optimizer": optimizer, "schedule": schedule,
@@ -154,8 +167,9 @@ def _check_same_suite(cfg: ProbeConfig, suite_dir: Path) -> None:
     if path.exists():
         theirs, mine = json.loads(path.read_text()), cfg.to_dict()
         grid = ("tasks", "attention", "optimizer", "schedule", "seeds", "lr_grid", "budgets", "timeout_s",
-                "workers", "search_seeds")
+                "workers", "search_seeds", "variants")
         diff = sorted(k for k in mine if k not in grid and theirs.get(k) != mine.get(k))
+        diff += [f"variant {n}" for n in variants_.changed(theirs.get("variants"), cfg.variants)]
         if diff:
             raise MgrError(f"probe suite '{suite_dir.name}' was started with other settings "
                            f"({', '.join(diff)}); use a new --run-id")

@@ -28,9 +28,15 @@ EVAL_CHUNK = 64  # sequences per evaluation call: bounds activation memory on lo
 
 
 def masked_loss(model, batch) -> jax.Array:
-    """Mean cross-entropy over the positions whose target is not IGNORE."""
-    logits_BxTxV = model(batch["tokens"])
-    targets = batch["targets"]
+    """Mean cross-entropy over the positions whose target is not IGNORE; as `Decoder.loss`, its
+    gradient also carries the layers' auxiliary losses (an MoE's balancing terms)."""
+    from mgr.model import with_aux_gradient
+
+    h_BxTxD, _, aux = model.hidden_and_aux(batch["tokens"])
+    return with_aux_gradient(_masked_ce(model.logits(h_BxTxD), batch["targets"]), aux)
+
+
+def _masked_ce(logits_BxTxV, targets) -> jax.Array:
     scored = targets != IGNORE
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, jnp.where(scored, targets, 0))
     return jnp.sum(ce * scored) / jnp.maximum(jnp.sum(scored), 1)

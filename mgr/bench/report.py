@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from mgr.runtime import artifacts
-from mgr.bench import evidence, stats
+from mgr.bench import evidence, stats, variants
 
 SCHEMA = "mgr.bench.fixed_flops.v1"
 
@@ -61,7 +61,8 @@ def _mean(xs):
 
 
 def read_gates(suite_dir: Path) -> dict:
-    """The suite's recorded correctness gates, `gates/<algebra>.json`, by algebra."""
+    """The suite's recorded correctness gates, `gates/<label>.json`, by label (the algebra's
+    name, or ALGEBRA@VARIANT for a variant that gives it other options)."""
     out = {}
     for path in sorted((suite_dir / "gates").glob("*.json")):
         try:
@@ -85,8 +86,9 @@ def aggregate(suite_dir: Path, bench: dict) -> dict:
                "status": r["status"], "tune": r["val_ce_tune"] if r["status"] == "ok" else None,
                "report": r["val_ce_report"] if r["status"] == "ok" else None, "slices": {},
                "steps": r["steps"], "state_bytes": None, "source": r["path"]} for r in rows]
-    ev = evidence.build(scores, metric="val_ce", higher_is_better=False, baseline=base_name,
-                        gates=read_gates(suite_dir))
+    gates = read_gates(suite_dir)
+    ev = evidence.build(scores, metric="val_ce", higher_is_better=False, baseline=base_name, gates=gates)
+    models = {m["arm"]: m for m in variants.arm_models(bench, gates)}
     arms = []
     for name in order:
         mine = [r for r in ev["rows"] if r["arm"] == name]
@@ -95,8 +97,11 @@ def aggregate(suite_dir: Path, bench: dict) -> dict:
                        and r["lr"] == head["best_lr"]), key=lambda r: r["seed"])
         everything = [r for r in rows if r["arm"] == name]
         v = head and head["vs_baseline"]
+        model = models.get(name, {"variant": None, "model_overrides": None, "gated_out_by": []})
         arms.append({
-            "arm": name, "runs": runs, "val_ce": head["score"] if head else stats.describe([]),
+            "arm": name, "variant": model["variant"], "model_overrides": model["model_overrides"],
+            "gated_out_by": model["gated_out_by"], "runs": runs,
+            "val_ce": head["score"] if head else stats.describe([]),
             "budget": head and head["budget"], "best_lr": head and head["best_lr"],
             "sensitivity": head and head["sensitivity"],
             "statuses": {st: sum(r["status"] == st for r in everything) for st in {r["status"] for r in everything}},
@@ -152,6 +157,7 @@ def render_suite_md(summary: dict) -> str:
         v, d = a["val_ce"], a["delta_vs_baseline"]
         p = d["welch"]["p_value"] if d and d["welch"] else None
         status = ", ".join(f"{k} {n}" for k, n in sorted(a["statuses"].items()))
+        status += "gated out" if a.get("gated_out_by") and not a["statuses"] else ""
         lines.append(
             f"| {a['arm']} | {_f(v['mean'], '.4f')} ± {_f(v['std'], '.4f')} | {_f(v['ci95'], '.4f')} "
             f"| {_f(d and d['diff'], '+.4f')}{' *' if d and d['significant'] else ''} | {_f(p, '.3g')} "
@@ -160,8 +166,9 @@ def render_suite_md(summary: dict) -> str:
             f"| {_f(a['tokens_per_second'], ',.0f')} | {_f(a['achieved_flops_per_second'] and a['achieved_flops_per_second'] / 1e9, '.1f')} "
             f"| {_f(a['compile_seconds'], '.2f')} | {_f(a['peak_memory_bytes'] and a['peak_memory_bytes'] / 2**20, '.1f')} "
             f"| {status} |")
-    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05).",
-              "", "## Conclusions", ""] + [f"- {t}" for t in summary["conclusions"]["text"]]
+    lines += ["", "`*`: significant after Holm correction over every comparison in the suite (p < 0.05)."]
+    lines += variants.md_lines(b)
+    lines += ["", "## Conclusions", ""] + [f"- {t}" for t in summary["conclusions"]["text"]]
     failures = [r for a in summary["arms"] for r in a["failed_runs"]]
     if failures:
         lines += ["", "## Failed runs", ""]

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from core.errors import MgrError
+from mgr.bench import evidence
 from mgr.runtime import artifacts, env
 from mgr.runtime.paths import atomic_write_bytes
 
@@ -141,7 +142,8 @@ def conclusions(suite: dict) -> list[str]:
     ev, out = suite["evidence"], []
     for name, g in sorted((ev.get("gates") or {}).items()):
         if not g.get("passed"):
-            out.append(f"{name} was gated out and not scored: {g.get('reason') or 'no reason recorded'}")
+            out.append(f"{name} was gated out and not scored: {g.get('reason') or 'no reason recorded'}"
+                       + evidence.not_run(name, g))
     by: dict[tuple, list[dict]] = defaultdict(list)
     for r in ev.get("rows", []):
         by[(r["task"], r["budget"] or 0.0)].append(r)

@@ -17,7 +17,8 @@ DEFAULTS = {
 
 
 def merge(flags: dict, sweep: Path | None) -> BenchConfig:
-    """Built-in defaults < sweep file < flags given on the command line."""
+    """Built-in defaults < sweep file < flags given on the command line; named model variants
+    come from the sweep file only."""
     import attention
 
     from_sweep = load_sweep(sweep) if sweep else {}
@@ -31,6 +32,7 @@ def merge(flags: dict, sweep: Path | None) -> BenchConfig:
         merged.update(from_sweep.get(section, {}))
         merged.update({k: v for k, v in (flags.get(section) or {}).items() if v is not None})
         out[section] = merged
+    out["variants"] = from_sweep.get("variants", {})
     return BenchConfig(**out)
 
 
@@ -57,12 +59,9 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
                   TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=total)
 
-        def on_result(s: dict) -> None:
-            res = s.get("results", {})
-            val = res.get("val_ce_final")
-            arm = s.get("config", {}).get("model", {}).get("attention", "?")
-            desc = f"{arm} seed {s.get('config', {}).get('train', {}).get('seed', '?')}: {s['status']}" + (
-                f" val CE {val:.3f}" if val is not None else "")
+        def on_result(rel: str, s: dict) -> None:
+            val = s.get("results", {}).get("val_ce_final")
+            desc = f"{rel}: {s['status']}" + (f" val CE {val:.3f}" if val is not None else "")
             bar.update(task, advance=1, description=desc)
             if not console.is_terminal:
                 console.print(desc)

@@ -1,5 +1,9 @@
 """The fixed-FLOPs benchmark: every (attention, optimizer, schedule, seed) trains to one budget.
 
+An `attention` entry of the grid is a registered algebra or a named model variant
+(`mgr.bench.variants`: ModelConfig overrides such as a hybrid layer pattern), so an arm may be
+a whole model configuration.
+
 Each configuration trains until the XLA-counted FLOPs of *its own* compiled step reach the
 budget, so a costlier algebra or optimizer gets fewer steps, and is scored by validation
 cross-entropy on the same held-out tokens. Configurations are independent (the data, the
@@ -19,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mgr.config import DataConfig, ModelConfig, TrainConfig
+from mgr.bench import variants as variants_
+from mgr.config import DataConfig, TrainConfig
 from core.errors import MgrError
 
 FINISHED = ("ok", "diverged", "error", "timeout")
@@ -29,7 +34,7 @@ FINISHED = ("ok", "diverged", "error", "timeout")
 class BenchConfig:
     """The grid and what every configuration in it shares."""
 
-    attention: tuple[str, ...]
+    attention: tuple[str, ...]  # registered algebra names or names of `variants`
     optimizer: tuple[str, ...] = ("adamw",)
     schedule: tuple[str, ...] = ("cosine",)
     seeds: tuple[int, ...] = (0,)
@@ -45,11 +50,15 @@ class BenchConfig:
     lr_grid: tuple[float, ...] = ()
     budgets: tuple[float, ...] = ()
     gate: bool = True
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> ModelConfig overrides
 
     def __post_init__(self):
         for name in ("attention", "optimizer", "schedule", "seeds"):
             if not getattr(self, name):
                 raise MgrError(f"the benchmark grid needs at least one {name}")
+        object.__setattr__(self, "variants", variants_.check(self.variants))
+        for entry in dict.fromkeys((*self.attention, *self.variants)):  # a bad variant: one line, now
+            self.model_config(entry)
         if self.target_flops <= 0 or any(b <= 0 for b in self.budgets):
             raise MgrError("--target-flops and --budgets must be positive")
         if any(lr <= 0 for lr in self.lr_grid):
@@ -69,11 +78,20 @@ class BenchConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
+    def model_config(self, attention: str):
+        """The ModelConfig of grid entry `attention` (an algebra or a variant): the data fixes the
+        vocabulary, and its sequence length is the default context."""
+        data = DataConfig(**self.data)
+        return variants_.model_config(attention, self.model, self.variants, defaults={"max_seq_len": data.seq_len},
+                                      fixed={"vocab_size": data.vocab_size})
+
+    def gate_plan(self) -> variants_.GatePlan:
+        return variants_.gate_plan(self.attention, self.model_config, self.model.get("attention_options", {}))
+
     def configs(self, attention: str, optimizer: str, schedule: str, seed: int,
                 lr: float | None = None, budget: float | None = None):
         data = DataConfig(**self.data)
-        model = ModelConfig(**{"max_seq_len": data.seq_len, **self.model, "attention": attention,
-                               "vocab_size": data.vocab_size})
+        model = self.model_config(attention)
         train = TrainConfig(**{**self.train, "optimizer": optimizer, "schedule": schedule, "seed": seed,
                                "steps": None, "target_flops": budget or self.budget_list()[0],
                                "learning_rate": lr or self.learning_rates()[0],
@@ -97,33 +115,41 @@ def run_path(attention: str, optimizer: str, schedule: str, budget: float, lr: f
     return f"{arm_name(attention, optimizer, schedule)}/b_{budget:.3g}/lr_{lr:g}/seed_{seed}"
 
 
-def load_sweep(path: Path) -> dict:
-    """A TOML sweep: [grid] attention/optimizer/schedule/seeds, [budget], [model], [data], [train]."""
+def read_toml(path: Path, sections: tuple[str, ...]) -> dict:
+    """A sweep file's tables; an unreadable file or an unknown section is one line."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MgrError(f"--sweep: no such file {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise MgrError(f"--sweep: {path} is not valid TOML ({e})") from None
+    unknown = set(raw) - {*sections, "description"}
+    if unknown:
+        raise MgrError(f"--sweep: unknown sections {sorted(unknown)} in {path}")
+    return raw
+
+
+def load_sweep(path: Path) -> dict:
+    """A TOML sweep: [grid] attention/optimizer/schedule/seeds, [budget], [model], [data], [train],
+    [variants.NAME] (ModelConfig overrides; a grid attention entry may name one)."""
+    raw = read_toml(path, ("grid", "budget", "model", "data", "train", "variants"))
     grid, budget = raw.get("grid", {}), raw.get("budget", {})
     out = {k: tuple(v) for k, v in grid.items() if k in ("attention", "optimizer", "schedule", "seeds")}
     out.update({k: budget[k] for k in ("target_flops", "timeout_s", "baseline") if k in budget})
     out.update({k: tuple(budget[k]) for k in ("lr_grid", "budgets") if k in budget})
-    for section in ("model", "data", "train"):
+    for section in ("model", "data", "train", "variants"):
         if section in raw:
             out[section] = dict(raw[section])
-    unknown = set(raw) - {"grid", "budget", "model", "data", "train", "description"}
-    if unknown:
-        raise MgrError(f"--sweep: unknown sections {sorted(unknown)} in {path}")
     return out
 
 
-def preflight(cfg: BenchConfig) -> None:
+def preflight(cfg: BenchConfig, skip: tuple[str, ...] = ()) -> None:
     """Refuse a budget too small for the minimum steps, or a --devices the batch or host cannot
     honour, before anything trains.
 
     Counts each arm's step without compiling it (`mgr.train.step_flops`): the same count each
-    run then uses for its own steps.
+    run then uses for its own steps. Arms of the entries in `skip` (gated out: they never
+    train) are not counted.
     """
     from mgr.train import check_devices, step_flops
 
@@ -131,6 +157,8 @@ def preflight(cfg: BenchConfig) -> None:
     check_devices(train_cfg.devices, DataConfig(**cfg.data).batch_size)  # one line, not one error per arm
     worst = 0.0
     for arm in cfg.arms():
+        if arm[0] in skip:
+            continue
         model, data, train = cfg.configs(*arm, cfg.seeds[0])
         worst = max(worst, step_flops(model, train, (data.batch_size, data.seq_len + 1)))
     min_steps = train_cfg.min_steps
@@ -142,37 +170,37 @@ def preflight(cfg: BenchConfig) -> None:
 
 def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
               on_start: Callable[[], None] | None = None,
-              on_result: Callable[[dict], None] | None = None, data=None) -> dict:
+              on_result: Callable[[str, dict], None] | None = None, data=None) -> dict:
     """Run (or resume) a suite; returns the suite summary written to `suite_dir/summary.json`.
 
-    `on_start` is called once the suite is locked and its settings and budget are accepted.
+    `on_start` is called once the suite is locked and its settings and budget are accepted;
+    `on_result(path in the suite, record)` after each configuration.
     """
     from mgr.data import build_data
     from mgr.runtime import runs
 
     with runs.locked(suite_dir, "suite"):  # a second process on this suite id is refused
         _check_same_suite(cfg, suite_dir)
-        preflight(cfg)
+        # Gates first: an entry that will not train must not decide whether the budget works.
+        plan, gates = check_gates(cfg, suite_dir)
+        preflight(cfg, skip=tuple(e for e in cfg.attention if plan.failed(e, gates)))
         _write_settings(cfg, suite_dir)  # only once the budget is known to work
         if on_start:
             on_start()
         data = build_data(DataConfig(**cfg.data)) if data is None else data
-        return _run_arms(cfg, suite_dir, artifacts_root, on_result, data)
+        return _run_arms(cfg, suite_dir, artifacts_root, on_result, data, plan, gates)
 
 
-def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data) -> dict:
+def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data, plan, gates) -> dict:
     from mgr.bench.report import write_suite
     from mgr.train import train
 
-    gates: dict[str, dict] = {}
     for attention, optimizer, schedule, budget, lr, seed in cfg.runs():
-        if attention not in gates:
-            gates[attention] = gate_once(suite_dir, attention, cfg.model.get("attention_options", {})
-                                         .get(attention), enabled=cfg.gate)
-        run_dir = suite_dir / run_path(attention, optimizer, schedule, budget, lr, seed)
+        rel = run_path(attention, optimizer, schedule, budget, lr, seed)
+        run_dir = suite_dir / rel
         done = finished_record(run_dir)
-        if done is None and not gates[attention]["passed"]:
-            continue  # a gated-out algebra trains nothing; the suite record says why
+        if done is None and plan.failed(attention, gates):
+            continue  # an entry using a gated-out algebra trains nothing; the suite record says why
         if done is None:
             if run_dir.exists():  # a configuration cut short by a kill: start it again
                 shutil.rmtree(run_dir)
@@ -186,8 +214,17 @@ def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result
                 done = _error_record(run_dir, f"{type(e).__name__}: {first}")
         write_suite(suite_dir, cfg.to_dict())
         if on_result:
-            on_result(done)
+            on_result(rel, done)
     return write_suite(suite_dir, cfg.to_dict())
+
+
+def check_gates(cfg: BenchConfig, suite_dir: Path) -> tuple[variants_.GatePlan, dict[str, dict]]:
+    """Every distinct algebra (with its options) that any grid entry's layers use, gated once
+    and recorded; an entry runs only if `plan.failed(entry, gates)` is empty."""
+    plan = cfg.gate_plan()
+    gates = {label: gate_once(suite_dir, name, options, enabled=cfg.gate, label=label, used_by=plan.users(label))
+             for label, (name, options) in plan.checks.items()}
+    return plan, gates
 
 
 def finished_record(run_dir: Path) -> dict | None:
@@ -214,20 +251,22 @@ def _check_same_suite(cfg: BenchConfig, suite_dir: Path) -> None:
     mine = cfg.to_dict()
     if path.exists():
         theirs = json.loads(path.read_text())
-        grid = ("attention", "optimizer", "schedule", "seeds", "timeout_s", "lr_grid", "budgets")
+        grid = ("attention", "optimizer", "schedule", "seeds", "timeout_s", "lr_grid", "budgets", "variants")
         shared = {k for k in mine if k not in grid}
         diff = sorted(k for k in shared if theirs.get(k) != mine.get(k))
+        diff += [f"variant {n}" for n in variants_.changed(theirs.get("variants"), cfg.variants)]
         if diff:
             raise MgrError(f"suite '{suite_dir.name}' was started with other settings ({', '.join(diff)});"
                            " use a new --run-id")
 
 
 def gate_once(suite_dir: Path, attention: str, options: dict | None, *, enabled: bool,
-              result: dict | None = None) -> dict:
+              result: dict | None = None, label: str | None = None, used_by: list[str] | None = None) -> dict:
     """The algebra's correctness gate, checked in this process (once per process: a resumed
-    suite checks again rather than trusting an old record) and recorded in `gates/<name>.json`.
-    `result`: the gate as a worker process checked it (the worker that trains the algebra
-    checks it again itself)."""
+    suite checks again rather than trusting an old record) and recorded in `gates/<label>.json`
+    (`label`: the algebra's name unless a variant gives it other options), with the grid entries
+    that need it (`used_by`). `result`: the gate as a worker process checked it (the worker
+    that trains the algebra checks it again itself)."""
     from mgr.runtime.artifacts import write_json
 
     if result is not None:
@@ -238,7 +277,9 @@ def gate_once(suite_dir: Path, attention: str, options: dict | None, *, enabled:
         result = check_algebra(attention, options)
     else:
         result = {"algebra": attention, "passed": True, "reason": "gate disabled", "checks": {}}
-    write_json(suite_dir / "gates" / f"{attention}.json", result)
+    if used_by is not None:
+        result = {**result, "used_by": list(used_by)}
+    write_json(suite_dir / "gates" / f"{label or attention}.json", result)
     return result
 
 

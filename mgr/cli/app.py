@@ -42,11 +42,12 @@ def _knobs(config_cls) -> str:
 @app.command("list")
 @user_errors
 def list_cmd():
-    """List the registered attention algebras, optimizers, schedules, probe tasks and demos with their knobs."""
+    """List the registered attention algebras, feed-forward kinds, optimizers, schedules, probe tasks and demos with their knobs."""
     from rich.console import Console
     from rich.table import Table
 
     import attention
+    import ffn
     import optim
     from mgr import demos
     from mgr.bench import probes
@@ -57,6 +58,8 @@ def list_cmd():
                                   for n in demos.names()]),
         ("attention algebras", [(n, attention.get(n).description, _knobs(attention.get(n).config_cls))
                                 for n in attention.names()]),
+        ("feed-forward kinds (--ffn)", [(n, ffn.get(n).description, _knobs(ffn.get(n).config_cls))
+                                        for n in ffn.names()]),
         ("optimizers", [(n, optim.get(n).description, _knobs(optim.get(n).config_cls)) for n in optim.names()]),
         ("schedules", [(n, optim.get_schedule(n).description, _knobs(optim.get_schedule(n).config_cls))
                        for n in optim.schedule_names()]),

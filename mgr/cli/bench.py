@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mgr.cli.app import app, user_errors
+from mgr.cli.app import app, parse_options, user_errors
 from core.errors import MgrError
 @app.command("bench-throughput")
 @user_errors
@@ -55,6 +55,16 @@ def _csv(values: Optional[list[str]], cast=str) -> Optional[tuple]:
     return tuple(out)
 
 
+def ffn_pattern(text: Optional[str]) -> str | tuple[str, ...] | None:
+    """`--ffn relu2,moe` as a ModelConfig `ffn` value (None: not given)."""
+    if text is None:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds:
+        raise MgrError("--ffn must name at least one feed-forward kind")
+    return kinds[0] if len(kinds) == 1 else kinds
+
+
 @app.command("bench-fixed-flops")
 @user_errors
 def bench_fixed_flops(
@@ -71,6 +81,9 @@ def bench_fixed_flops(
     gate: bool = typer.Option(True, help="check each algebra's causality and reference before it trains"),
     n_layer: Optional[int] = typer.Option(None), n_head: Optional[int] = typer.Option(None),
     n_kv_head: Optional[int] = typer.Option(None), n_embd: Optional[int] = typer.Option(None),
+    ffn: Optional[str] = typer.Option(None, "--ffn", help="feed-forward kinds tiled over layers, "
+                                      "comma-separated (default relu2; every arm shares them)"),
+    ffn_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"moe": {"n_experts": 8}}'),
     seq_len: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
     vocab_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None, "--lr"),
     warmup: Optional[int] = typer.Option(None), eval_every: Optional[int] = typer.Option(None),
@@ -93,7 +106,9 @@ def bench_fixed_flops(
         "baseline": baseline, "timeout_s": timeout_s, "gate": None if gate else False,
         "lr_grid": _csv(None if lr_grid is None else [lr_grid], float),
         "budgets": _csv(None if budgets is None else [budgets], float),
-        "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd},
+        "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd,
+                  "ffn": ffn_pattern(ffn),
+                  "ffn_options": None if ffn_options is None else parse_options(ffn_options, "--ffn-options")},
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
         "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
     }

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mgr.cli.app import app, parse_options, user_errors
-from mgr.cli.bench import _csv
+from mgr.cli.bench import _csv, ffn_pattern
 
 
 @app.command()
@@ -28,6 +28,9 @@ def probe(
     budgets: Optional[str] = typer.Option(None, help="comma-separated XLA-counted FLOPs per run (default 6e11)"),
     task_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"mqar": {"settings": [[64, 8]]}}'),
     attention_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"tropical": {"beta": 8}}'),
+    ffn: Optional[str] = typer.Option(None, "--ffn", help="feed-forward kinds tiled over layers, "
+                                      "comma-separated (default relu2; every arm shares them)"),
+    ffn_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"moe": {"n_experts": 8}}'),
     n_layer: Optional[int] = typer.Option(None), n_head: Optional[int] = typer.Option(None),
     n_kv_head: Optional[int] = typer.Option(None), n_embd: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None),
@@ -35,6 +38,8 @@ def probe(
     warmup: Optional[int] = typer.Option(None),
     baseline: Optional[str] = typer.Option(None, help="baseline arm, e.g. standard-adamw-cosine"),
     timeout_s: Optional[float] = typer.Option(None, help="training time limit per run"),
+    sweep: Optional[Path] = typer.Option(None, help="TOML probe grid with named model variants (see "
+                                         "experiments/peers_probe.toml); flags override it"),
     gate: bool = typer.Option(True, help="check each algebra's causality and reference before it runs"),
     report: bool = typer.Option(True, help="write report.md and report.html into the suite directory"),
     run_id: Optional[str] = typer.Option(None, help="suite id; an existing one is resumed"),
@@ -48,6 +53,10 @@ def probe(
     model = {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd}
     if attention_options is not None:
         model["attention_options"] = parse_options(attention_options, "--attention-options")
+    if ffn is not None:
+        model["ffn"] = ffn_pattern(ffn)
+    if ffn_options is not None:
+        model["ffn_options"] = parse_options(ffn_options, "--ffn-options")
     flags = {
         "tasks": _csv(task), "attention": _csv(attention), "optimizer": _csv(optimizer),
         "schedule": _csv(schedule), "seeds": _csv(None if seeds is None else [seeds], int),
@@ -58,7 +67,7 @@ def probe(
         "search_seeds": search_seeds, "baseline": baseline, "timeout_s": timeout_s, "gate": gate,
         "model": model, "train": {"warmup_steps": warmup},
     }
-    summary = run_from_cli(flags, suite)
+    summary = run_from_cli(flags, suite, sweep)
     typer.echo(f"record: {suite}/summary.json")
     if report:
         from mgr.bench.research import write_report

@@ -36,6 +36,9 @@ def train(
     eval_every: int = typer.Option(50),
     checkpoint_every: int = typer.Option(100),
     attention_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"tropical": {"beta": 8}}'),
+    ffn: str = typer.Option("relu2", "--ffn", help="feed-forward kind, or comma-separated kinds tiled over "
+                            "layers (see `mgr list`)"),
+    ffn_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"moe": {"n_experts": 8, "top_k": 2}}'),
     optimizer_options: Optional[str] = typer.Option(None, help="JSON of the optimizer's knobs"),
     schedule_options: Optional[str] = typer.Option(None, help="JSON of the schedule's knobs"),
     data: Optional[str] = typer.Option(None, help="directory of parquet shards with a 'text' column"),
@@ -63,11 +66,14 @@ def train(
         model_cfg, data_cfg, train_cfg = _configs_from_summary(run_dir)
     else:
         names = tuple(a.strip() for a in attention.split(",") if a.strip())
+        kinds = tuple(f.strip() for f in ffn.split(",") if f.strip())
         model_cfg = ModelConfig(
             vocab_size=vocab_size, d_model=n_embd, n_layers=n_layer, n_heads=n_head,
             n_kv_heads=n_head if n_kv_head is None else n_kv_head, max_seq_len=seq_len,
             attention=names[0] if len(names) == 1 else names,
-            attention_options=parse_options(attention_options, "--attention-options"))
+            attention_options=parse_options(attention_options, "--attention-options"),
+            ffn=kinds[0] if len(kinds) == 1 else kinds,
+            ffn_options=parse_options(ffn_options, "--ffn-options"))
         data_cfg = DataConfig(data_dir=data, vocab_size=vocab_size, tokenizer_type=tokenizer,
                               seq_len=seq_len, batch_size=batch_size)
         if steps is None and target_flops is None:

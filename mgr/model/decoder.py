@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from attention.base import Dense, rms_normalize
-from mgr.model.blocks import make_stack
+from mgr.model.blocks import make_stack, residual_with_aux
 from mgr.config import ModelConfig
 
 
@@ -38,17 +38,24 @@ class Decoder(nnx.Module):
         """Empty per-layer caches for prefill + token-by-token decoding."""
         return [blk.init_cache(batch, dtype) for blk in self.blocks]
 
-    def hidden(self, tokens_BxT, positions_BxT=None, caches=None):
-        """Final normalised hidden states `[B, T, D]` and the updated caches."""
+    def hidden_and_aux(self, tokens_BxT, positions_BxT=None, caches=None):
+        """Final normalised hidden states `[B, T, D]`, the updated caches, and the sum of the
+        layers' auxiliary losses (a float32 scalar: an MoE's balancing terms, else 0)."""
         b, t = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = self.embed(tokens_BxT)
-        new_caches = []
+        new_caches, aux = [], jnp.zeros((), jnp.float32)
         for i, blk in enumerate(self.blocks):
-            x, c = blk(x, positions_BxT, None if caches is None else caches[i])
+            x, c, a = residual_with_aux(blk, x, positions_BxT, None if caches is None else caches[i])
             new_caches.append(c)
-        return rms_normalize(x), (None if caches is None else new_caches)
+            aux = aux + a
+        return rms_normalize(x), (None if caches is None else new_caches), aux
+
+    def hidden(self, tokens_BxT, positions_BxT=None, caches=None):
+        """Final normalised hidden states `[B, T, D]` and the updated caches."""
+        h, caches, _ = self.hidden_and_aux(tokens_BxT, positions_BxT, caches)
+        return h, caches
 
     def logits(self, h):
         z = self.head(h).astype(jnp.float32)
@@ -65,13 +72,25 @@ class Decoder(nnx.Module):
         return self.logits(h), caches
 
     def loss(self, batch_BxTp1):
-        """Mean next-token cross-entropy of a packed `[B, T+1]` batch."""
+        """Mean next-token cross-entropy of a packed `[B, T+1]` batch, as the training objective:
+        its gradient also carries the layers' auxiliary losses (see `with_aux_gradient`)."""
         inputs, targets = batch_BxTp1[:, :-1], batch_BxTp1[:, 1:]
-        h, _ = self.hidden(inputs)
+        h, _, aux = self.hidden_and_aux(inputs)
         # Flatten before the head: the 2-D head matmul and loss are the fast path on CPU.
         logits_NxV = self.logits(h.reshape(-1, h.shape[-1]))
         ce = optax.softmax_cross_entropy_with_integer_labels(logits_NxV, targets.reshape(-1))
-        return jnp.mean(ce)
+        return with_aux_gradient(jnp.mean(ce), aux)
+
+
+def with_aux_gradient(loss: jax.Array, aux: jax.Array) -> jax.Array:
+    """`loss` in value, `loss + aux` in gradient.
+
+    The auxiliary terms (an MoE's load balancing and z-loss, already weighted) train the model,
+    but the value every record reports as cross-entropy (train CE, validation CE, the bench's
+    comparisons across feed-forward kinds) stays the cross-entropy alone. `aux - aux` is exactly
+    0 for a finite aux; a non-finite one still makes the loss non-finite, so divergence shows.
+    """
+    return loss + (aux - jax.lax.stop_gradient(aux))
 
 
 def param_count(model: nnx.Module) -> int:

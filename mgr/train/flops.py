@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import attention
+import ffn
 from mgr.config import ModelConfig
 
 
 def analytic_forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs per token: each layer's attention (from its registry entry), the MLP, the head.
+    """Forward FLOPs per token: each layer's attention and feed-forward (from their registry
+    entries; an MoE counts every capacity slot it runs), and the head.
 
     The embedding lookup is a gather and counts nothing; norms and softmaxes are ignored as
     lower-order terms, as in the usual 6N accounting.
@@ -23,7 +25,8 @@ def analytic_forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
             total += entry.layer_flops(cfg, seq_len)
             continue
         total += entry.flops_per_token(dims, cfg.algebra_config(name), seq_len)
-        total += 2.0 * 2.0 * cfg.d_model * cfg.d_model * cfg.mlp_ratio
+        kind = cfg.layer_ffn(layer)
+        total += ffn.get(kind).flops_per_token(cfg.d_model, cfg.ffn_hidden, cfg.ffn_config(kind), seq_len)
     return total + 2.0 * cfg.d_model * cfg.vocab_size
 
 
