@@ -20,6 +20,7 @@ from flax import nnx
 
 import optim
 from mgr.runtime import artifacts, runs
+from mgr.runtime.paths import atomic_write_bytes
 from mgr.train import flops
 from mgr.train.checkpoint import Checkpointer, NoCheckpoints
 from mgr.train.parallel import check_devices, data_parallel
@@ -199,6 +200,8 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
         # Restore before the record is rewritten: an unreadable run keeps its old record.
         restored = restore_newest(run_dir.name, prog.state, ckpt, best) if resume else None
         summary = _record(model_cfg, data_cfg, train_cfg, data, prog, steps, run_dir, artifacts_root)
+        if train_cfg.checkpoints:  # `mgr generate` / `mgr export` read the tokenizer from the run
+            atomic_write_bytes(run_dir / "tokenizer.model", data.tokenizer.model_proto)
         artifacts.write_run(run_dir, summary)
         try:
             outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, restored=restored,
