@@ -116,6 +116,30 @@ def short_run(case: Case) -> dict:
                         "steps": round(t2 - t1, 3)}}
 
 
+GREEDY_PROMPT, GREEDY_NEW = tuple(range(3, 3 + 8)), 8
+
+
+def greedy_tokens() -> dict:
+    """Greedy tokens of an untrained standard decoder (the first case's shape, seed 0) through the
+    inference engine: its one compiled decode step and on-device sampling (the 8-token prompt is
+    shorter than a prefill chunk, so only the step compiles: one compile under emulation).
+
+    `margin` is the smallest gap between the two best logits along the way: a gap far above
+    float32 rounding is what makes the tokens comparable across architectures at all.
+    """
+    import numpy as np
+
+    from mgr.infer import SamplingParams, random_engine
+
+    model_cfg, _ = configs(Case("standard", "adamw"))
+    engine = random_engine(model_cfg, None, seed=0)
+    tokens = engine.generate(list(GREEDY_PROMPT), SamplingParams(max_new_tokens=GREEDY_NEW,
+                                                                 temperature=0.0, stop_at_eos=False))
+    logits = np.asarray(engine.logits(np.asarray([list(GREEDY_PROMPT) + tokens[:-1]], np.int32)))[0]
+    top2 = np.sort(logits[len(GREEDY_PROMPT) - 1:], axis=-1)[:, -2:]
+    return {"tokens": [int(t) for t in tokens], "margin": float(np.min(top2[:, 1] - top2[:, 0]))}
+
+
 def run_all(cases: list[Case] | None = None) -> dict:
     """Every case, plus what machine and software produced the numbers."""
     import jax
@@ -128,7 +152,7 @@ def run_all(cases: list[Case] | None = None) -> dict:
     return {"cpu_arch": platform.machine(), "device": env.device_info(),
             "versions": env.versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "backend": jax.default_backend(), "missing": missing,
-            "cases": {c.key: short_run(c) for c in cases}}
+            "cases": {c.key: short_run(c) for c in cases}, "greedy": greedy_tokens()}
 
 
 def compare(losses: list[float], reference: list[float], rtol: float = RTOL) -> list[str]:
@@ -156,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     for key, res in record["cases"].items():
         print(f"{record['cpu_arch']} {key}: " + " ".join(f"{x:.7f}" for x in res["losses"]), file=sys.stderr)
+    print(f"{record['cpu_arch']} greedy: {record['greedy']['tokens']}", file=sys.stderr)
     for why in record["missing"]:
         print(f"armcheck: case missing: {why}", file=sys.stderr)
     if not args.out:

@@ -116,3 +116,18 @@ def test_short_training_matches_x86(case):
     _log(line + f"  max rel diff {worst:.1e} (compile {result['seconds']['compile']:.0f} s)")
     bad = armcheck.compare(losses, expected)
     assert not bad, f"{case.key} on {platform.machine()} differs from {ref['cpu_arch']}: " + "; ".join(bad)
+
+
+def test_greedy_generation_matches_x86():
+    """The inference engine's greedy tokens (compiled decode step, on-device argmax) are the x86
+    tokens of the same model and prompt."""
+    ref = _reference()
+    got = armcheck.greedy_tokens()
+    _log(f"{platform.machine():>8} greedy {got['tokens']} (min top-2 logit gap {got['margin']:.1e})")
+    assert len(got["tokens"]) == armcheck.GREEDY_NEW
+    if ref is None:
+        assert all(0 <= t < 128 for t in got["tokens"]), got
+        return
+    expected = ref["greedy"]
+    _log(f"{ref['cpu_arch']:>8} greedy {expected['tokens']}")
+    assert got["tokens"] == expected["tokens"], (got, expected)
