@@ -115,3 +115,13 @@ def recall_accuracy(model: nnx.Module, steps: int = 400, lr: float = 1e-2, batch
         return jax.lax.scan(step, (p, tx.init(p)), (tokens, answers))[1]
 
     return float(jnp.mean(run(params, tokens, answers)[-tail:]))
+
+
+def assert_user_error(result, *words):
+    """A CLI result that failed as a user error: exit 2, one `error:` line naming `words`."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for w in words:
+        assert w in err, err

@@ -12,7 +12,7 @@ import optim
 from core.errors import MgrError
 from mgr.cli import app
 
-from helpers import write_shards
+from helpers import assert_user_error, write_shards
 
 runner = CliRunner()
 SMALL = ["--n-embd", "32", "--n-layer", "1", "--seq-len", "16", "--batch-size", "2",
@@ -44,13 +44,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_user_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 def test_list_shows_every_registered_name():

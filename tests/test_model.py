@@ -90,6 +90,9 @@ def test_layers_follow_the_tiled_pattern():
         assert isinstance(block.attn, attention.get(names[i % len(names)]).module_cls)
 
 
+@pytest.mark.slow  # 81 s cold: one stack of every cached algebra; the default suite checks each
+# algebra's cache against its full forward in tests/attention/test_contract.py and the engine's
+# greedy decoding in tests/infer/test_engine.py
 def test_cached_decoding_equals_full_forward():
     cached = [n for n in attention.names() if attention.get(n).supports_cache]
     cfg = tiny_model(n_layers=len(cached), attention=tuple(cached))

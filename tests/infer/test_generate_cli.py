@@ -11,6 +11,8 @@ from core.errors import MgrError
 from mgr.cli import app
 from mgr.infer import SamplingParams, load_engine
 
+from helpers import assert_user_error
+
 runner = CliRunner()
 PROMPT = "To be, or not to be, that is the question:"
 LONG = "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. " * 3
@@ -24,13 +26,6 @@ def generate(run, *args):
     return invoke("generate", "--run", run.run_id, "--artifacts-dir", run.root, *args)
 
 
-def assert_user_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 def test_greedy_generation_prints_the_completion_streamed_or_not(trained_run):
