@@ -19,6 +19,15 @@ def _check(cond: bool, msg: str) -> None:
         raise MgrError(msg)
 
 
+def _pattern(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    """One registered name, or a tuple of them, as the tuple tiled over layers."""
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _tile(pattern: tuple[str, ...], layer: int) -> str:
+    return pattern[layer % len(pattern)]
+
+
 class _Serialisable:
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -108,11 +117,10 @@ class ModelConfig(_Serialisable):
 
     @property
     def ffn_pattern(self) -> tuple[str, ...]:
-        return (self.ffn,) if isinstance(self.ffn, str) else tuple(self.ffn)
+        return _pattern(self.ffn)
 
     def layer_ffn(self, layer: int) -> str:
-        pattern = self.ffn_pattern
-        return pattern[layer % len(pattern)]
+        return _tile(self.ffn_pattern, layer)
 
     @property
     def ffn_hidden(self) -> int:
@@ -136,11 +144,10 @@ class ModelConfig(_Serialisable):
 
     @property
     def attention_pattern(self) -> tuple[str, ...]:
-        return (self.attention,) if isinstance(self.attention, str) else tuple(self.attention)
+        return _pattern(self.attention)
 
     def layer_attention(self, layer: int) -> str:
-        pattern = self.attention_pattern
-        return pattern[layer % len(pattern)]
+        return _tile(self.attention_pattern, layer)
 
     def attention_dims(self):
         from attention.base import AttentionDims
