@@ -19,7 +19,6 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from mgr.data.corpus import iter_texts
 from core.errors import MgrError
 from mgr.runtime.paths import atomic_write_bytes, cache_dir, file_digest
 
@@ -117,6 +116,8 @@ class Tokenizer:
 
 def _sentences(shards: list[Path]) -> Iterator[str]:
     """Runs of whole lines (newlines kept) of about _SENTENCE_CHARS from every document."""
+    from mgr.data.corpus import iter_texts  # pyarrow, only when a tokenizer is trained
+
     for shard in shards:
         for text in iter_texts(shard):
             buf: list[str] = []
