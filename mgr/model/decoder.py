@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from attention.base import Dense, rms_normalize
 from mgr.model.blocks import make_stack, residual_with_aux
+from mgr.model import head_loss
 from mgr.config import ModelConfig
 
 
@@ -76,10 +76,12 @@ class Decoder(nnx.Module):
         its gradient also carries the layers' auxiliary losses (see `with_aux_gradient`)."""
         inputs, targets = batch_BxTp1[:, :-1], batch_BxTp1[:, 1:]
         h, _, aux = self.hidden_and_aux(inputs)
-        # Flatten before the head: the 2-D head matmul and loss are the fast path on CPU.
-        logits_NxV = self.logits(h.reshape(-1, h.shape[-1]))
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits_NxV, targets.reshape(-1))
-        return with_aux_gradient(jnp.mean(ce), aux)
+        # The head and its loss are fused and chunked over tokens (mgr/model/head_loss.py): the
+        # [B*T, V] logits never exist whole. Same values and gradients as `logits` + softmax CE.
+        ce = head_loss.mean_softcap_cross_entropy(
+            h.reshape(-1, h.shape[-1]), self.head.kernel[...].astype(h.dtype), targets.reshape(-1),
+            self.cfg.logit_softcap, head_loss.CHUNK)
+        return with_aux_gradient(ce, aux)
 
 
 def with_aux_gradient(loss: jax.Array, aux: jax.Array) -> jax.Array:
