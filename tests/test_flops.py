@@ -69,3 +69,39 @@ def test_analytic_estimate_adds_up_per_layer():
         forward = analytic_forward_flops_per_token(cfg, T)
         assert forward == pytest.approx(layers * layer + 65536.0), name  # head: 2 * 64 * 512
         assert analytic_train_flops_per_step(cfg, B, T) == pytest.approx(3 * B * T * forward)
+
+
+def test_unrolled_counts_are_cached_per_program(tmp_path, monkeypatch):
+    """A second count of the same program comes from the cache without unrolling anything; a
+    different program (another loop length) is counted afresh; a damaged entry is recounted."""
+    import contextlib
+
+    import jax
+    import jax.numpy as jnp
+
+    import attention.base as base
+    from mgr.train.trainer import counted_flops
+
+    monkeypatch.setenv("MGR_CACHE_DIR", str(tmp_path))
+
+    def program(n):
+        return lambda x: base.scan(lambda c, _: (jnp.tanh(c @ c), None), x, length=n)[0]
+
+    x = jax.ShapeDtypeStruct((16, 16), jnp.float32)
+    first = counted_flops(program(3), x)
+    assert first >= 3 * 2 * 16 ** 3  # three matmuls: the loop was unrolled
+
+    @contextlib.contextmanager
+    def no_unrolling():
+        raise AssertionError("unrolled again although the count is cached")
+        yield
+
+    monkeypatch.setattr(base, "unrolled_loops", no_unrolling)
+    assert counted_flops(program(3), x) == first  # a fresh function, the same program
+    with pytest.raises(AssertionError, match="unrolled again"):
+        counted_flops(program(5), x)  # another program is never answered from the cache
+    monkeypatch.undo()
+    monkeypatch.setenv("MGR_CACHE_DIR", str(tmp_path))
+    for entry in (tmp_path / "flops").iterdir():
+        entry.write_text("{not json")
+    assert counted_flops(program(3), x) == first

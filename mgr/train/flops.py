@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
 
 import attention
 import ffn
 from mgr.config import ModelConfig
+from mgr.runtime.paths import atomic_write_bytes, cache_dir
+
+CACHE_FORMAT = 1
+# The count depends on the program and on the code that unrolls and counts it; the program's
+# text covers the first, these files' contents the second (a changed loop helper or counter
+# must never be answered from an old entry).
+_COUNTING_CODE = ("attention/base.py", "mgr/train/flops.py", "mgr/train/trainer.py")
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def analytic_forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -55,3 +66,33 @@ def xla_memory(compiled: Any) -> dict[str, int]:
     temp = int(m.temp_size_in_bytes)
     peak = temp + int(m.argument_size_in_bytes) + int(m.output_size_in_bytes) - int(m.alias_size_in_bytes)
     return {"peak_memory_bytes": peak, "temp_memory_bytes": temp}
+
+
+def _counting_code_digest() -> str:
+    h = hashlib.sha256()
+    for rel in _COUNTING_CODE:
+        h.update((_ROOT / rel).read_bytes())
+    return h.hexdigest()
+
+
+def cached_count(program_text: str, count: Callable[[], float]) -> float:
+    """`count()` (XLA's FLOPs of the unrolled program), remembered under cache_dir()/flops.
+
+    The key hashes the ordinary lowering's text (the same program lowers to the same text), the
+    jax and jaxlib versions and the counting code. A run, a benchmark and every seed and rate
+    of a suite share one count per distinct program; an unreadable entry is recounted.
+    """
+    import jax
+    import jaxlib
+
+    key_src = json.dumps([CACHE_FORMAT, jax.__version__, jaxlib.__version__, _counting_code_digest()])
+    key = hashlib.sha256(key_src.encode() + program_text.encode()).hexdigest()[:32]
+    path = cache_dir() / "flops" / f"{key}.json"
+    try:
+        return float(json.loads(path.read_text())["flops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = float(count())
+    atomic_write_bytes(path, json.dumps({"flops": value}).encode())
+    return value
+

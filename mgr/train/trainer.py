@@ -107,9 +107,10 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     if train_cfg.devices > 1:
         state, batch, put_batch, put_val = data_parallel(state, batch_shape, train_cfg.devices)
     t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    step_flops = counted_flops(step, state, batch)
+    step_flops = counted_flops(step, state, batch, lowered=lowered)
 
     @jax.jit
     def eval_fn(params, val_NxBxT):
@@ -119,19 +120,27 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
                    flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
 
 
-def counted_flops(step: Callable, *args) -> float:
+def counted_flops(step: Callable, *args, lowered=None) -> float:
     """XLA's FLOPs of `step`, counted on its lowered HLO with every sequential loop unrolled.
 
     Compiled and lowered counts agree to 0.2% for loop-free programs, but both count a
     while-loop body once; lowering under `unrolled_loops()` (never compiled, never run) charges
-    every iteration: a scan over layers, key blocks, or HOSS's Lanczos steps.
+    every iteration: a scan over layers, key blocks, head chunks, or HOSS's Lanczos steps.
+
+    The unrolled lowering costs as much as tracing the step again, so the count is cached on
+    disk (`flops.cached_count`), keyed by the ordinary lowering of the same program: pass
+    `lowered` when the caller has one (build_program lowers the step to compile it anyway).
     """
     from attention.base import unrolled_loops
 
-    with unrolled_loops():
-        # a fresh wrapper, so no trace cached outside the context is reused
-        lowered = jax.jit(lambda *a: step(*a)).lower(*args)
-    return flops.xla_flops(lowered)
+    def count() -> float:
+        with unrolled_loops():
+            # a fresh wrapper, so no trace cached outside the context is reused
+            unrolled = jax.jit(lambda *a: step(*a)).lower(*args)
+        return flops.xla_flops(unrolled)
+
+    program = lowered if lowered is not None else jax.jit(step).lower(*args)
+    return flops.cached_count(program.as_text(), count)
 
 
 def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
