@@ -21,17 +21,21 @@ from optim.registry import (get, get_schedule, make_config, names, register,  # 
 from optim import adamw, muon, hoss, schedules, ordinal  # noqa: F401,E402
 
 
-def build_transform(train_cfg, total_steps: int, *, stacked: bool = False
+def build_transform(train_cfg, total_steps, *, stacked: bool = False, peak_lr=None
                     ) -> optax.GradientTransformationExtraArgs:
     """Clip -> optimizer at the schedule's learning rate (or wrapped by a loss-driven schedule).
 
     `stacked=True` when the model's block parameters carry a leading layer axis (`nnx.scan`).
+    `total_steps` and `peak_lr` (default `train_cfg.learning_rate`) may be traced scalars: the
+    trainer passes them from the train state so one compiled step serves every learning rate
+    and budget. The optimizer state's structure never depends on their values.
     """
     opt = get(train_cfg.optimizer)
     sched = get_schedule(train_cfg.schedule)
     opt_cfg = make_config(opt.config_cls, train_cfg.optimizer_options, f"optimizer '{opt.name}'")
     sched_cfg = make_config(sched.config_cls, train_cfg.schedule_options, f"schedule '{sched.name}'")
-    lr = sched.build(sched_cfg, train_cfg.learning_rate, train_cfg.warmup_steps, total_steps)
+    peak = train_cfg.learning_rate if peak_lr is None else peak_lr
+    lr = sched.build(sched_cfg, peak, train_cfg.warmup_steps, total_steps)
 
     def make_optimizer(learning_rate):
         return opt.build(opt_cfg, learning_rate, stacked=stacked)

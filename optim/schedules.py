@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import optax
+import jax.numpy as jnp
 
 from optim.registry import register_schedule
 
@@ -22,23 +22,47 @@ class CosineConfig:
     final_fraction: float = 0.1  # the decayed learning rate as a fraction of the peak
 
 
-def _warmup(peak_lr: float, warmup_steps: int):
-    return optax.linear_schedule(0.0 if warmup_steps else peak_lr, peak_lr, max(warmup_steps, 1))
+def _linear_warmup(peak_lr, warmup_steps: int):
+    """optax.linear_schedule(0, peak, warmup_steps) (warmup_steps > 0), `peak_lr` maybe traced."""
+    def schedule(count):
+        count = jnp.clip(count, 0, warmup_steps)
+        return (0.0 - peak_lr) * (1 - count / warmup_steps) + peak_lr
+    return schedule
 
 
+def _after_warmup(warmup, rest, warmup_steps: int):
+    """optax.join_schedules([warmup, rest], [warmup_steps])."""
+    def schedule(count):
+        return jnp.where(count < warmup_steps, warmup(count), rest(count - warmup_steps))
+    return schedule
+
+
+# The schedules are written in jnp rather than with optax's builders so that the peak learning
+# rate and the horizon may be traced values: the trainer passes them in the train state, and
+# one compiled step then serves every learning rate and budget of a sweep (optax's builders
+# check their arguments in Python). Values equal optax's warmup/cosine schedules to float32
+# rounding (tests/optim/test_schedules_traced.py).
 @register_schedule("constant", config_cls=ConstantConfig,
                    description="linear warmup, then the peak learning rate throughout")
-def build_constant(cfg: ConstantConfig, peak_lr: float, warmup_steps: int, total_steps: int):
+def build_constant(cfg: ConstantConfig, peak_lr, warmup_steps: int, total_steps):
     if warmup_steps == 0:
-        return optax.constant_schedule(peak_lr)
-    return optax.join_schedules([_warmup(peak_lr, warmup_steps), optax.constant_schedule(peak_lr)],
-                                [warmup_steps])
+        return lambda count: peak_lr + 0 * jnp.asarray(count, jnp.float32)
+    return _after_warmup(_linear_warmup(peak_lr, warmup_steps),
+                         lambda count: peak_lr + 0 * jnp.asarray(count, jnp.float32), warmup_steps)
 
 
 @register_schedule("cosine", config_cls=CosineConfig,
                    description="linear warmup, then cosine decay to final_fraction of the peak")
-def build_cosine(cfg: CosineConfig, peak_lr: float, warmup_steps: int, total_steps: int):
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup_steps else peak_lr, peak_value=peak_lr,
-        warmup_steps=warmup_steps, decay_steps=max(total_steps, warmup_steps + 1),
-        end_value=peak_lr * cfg.final_fraction)
+def build_cosine(cfg: CosineConfig, peak_lr, warmup_steps: int, total_steps):
+    # optax.warmup_cosine_decay_schedule(0 or peak, peak, warmup, max(total, warmup + 1),
+    # end=peak * final_fraction), term by term.
+    decay_steps = jnp.maximum(total_steps, warmup_steps + 1) - warmup_steps
+    end = peak_lr * cfg.final_fraction
+    alpha = jnp.where(peak_lr == 0, 0.0, end / jnp.where(peak_lr == 0, 1.0, peak_lr))
+
+    def cosine(count):
+        count = jnp.minimum(count, decay_steps)
+        decayed = (1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))) + alpha
+        return peak_lr * decayed
+
+    return _after_warmup(_linear_warmup(peak_lr, warmup_steps), cosine, warmup_steps)

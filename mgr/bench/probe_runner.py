@@ -62,7 +62,7 @@ def merge(flags: dict, sweep: Path | None = None) -> ProbeConfig:
     return ProbeConfig(**out)
 
 
-def run_from_cli(flags: dict, suite_dir: Path, sweep: Path | None = None) -> dict:
+def run_from_cli(flags: dict, suite_dir: Path, sweep: Path | None = None, trackers: list | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -90,7 +90,7 @@ def run_from_cli(flags: dict, suite_dir: Path, sweep: Path | None = None) -> dic
             if not console.is_terminal:
                 console.print(desc)
 
-        summary = run_probe_suite(cfg, suite_dir, on_start=on_start, on_result=on_result)
+        summary = run_probe_suite(cfg, suite_dir, on_start=on_start, on_result=on_result, trackers=trackers)
     table = Table(title="accuracy on answer positions (mean over seeds at the best learning rate)",
                   title_justify="left")
     for col in HEADER:

@@ -122,8 +122,11 @@ def run_path(arm: str, task: str, budget: float, lr: float, seed: int) -> str:
 
 
 def run_probe_suite(cfg: ProbeConfig, suite_dir: Path, *, on_start: Callable[[int], None] | None = None,
-                    on_result: Callable[[str, dict], None] | None = None) -> dict:
-    """Run (or resume) a probe suite; returns the suite summary written to `suite_dir/summary.json`."""
+                    on_result: Callable[[str, dict], None] | None = None, trackers: list | None = None) -> dict:
+    """Run (or resume) a probe suite; returns the suite summary written to `suite_dir/summary.json`.
+
+    `trackers` (`mgr.train.trackers`): each finished run becomes one tracker run, logged by
+    this (parent) process from its record, never by a worker."""
     from mgr.runtime import runs
 
     with runs.locked(suite_dir, "suite"):
@@ -136,8 +139,11 @@ def run_probe_suite(cfg: ProbeConfig, suite_dir: Path, *, on_start: Callable[[in
             on_start(len(cfg.arms()) * len(cfg.tasks) * len(cfg.budgets) * per_group)
         from mgr.bench.probe_jobs import run_all
 
+        from mgr.bench.tracking import for_suite
+
+        on_result, finish = for_suite("probe", trackers, suite_dir, on_result)
         run_all(cfg, suite_dir, on_result)
-        return write_probe_suite(suite_dir)
+        return finish(write_probe_suite(suite_dir))
 
 
 def preflight(cfg: ProbeConfig) -> None:

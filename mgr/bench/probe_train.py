@@ -74,7 +74,9 @@ def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tupl
 def _program(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, batch_shape) -> _Program:
     from mgr.train import make_step
 
-    key = (_key(model_cfg), _key(train_cfg.replace(seed=0)), steps, batch_shape)
+    # The learning rate and the horizon are state, not program (see mgr.train.make_step): one
+    # compiled step per model, optimizer and shape serves every rate, budget and seed.
+    key = (_key(model_cfg), _key(train_cfg.replace(seed=0, learning_rate=1.0)), batch_shape)
     if key not in _PROGRAMS:
         parts = make_step(model_cfg, train_cfg.replace(seed=0), steps, loss_fn=masked_loss)
         batch = {"tokens": jax.ShapeDtypeStruct(batch_shape, jnp.int32),

@@ -36,7 +36,8 @@ def merge(flags: dict, sweep: Path | None) -> BenchConfig:
     return BenchConfig(**out)
 
 
-def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_root: Path) -> dict:
+def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_root: Path,
+                 trackers: list | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -66,7 +67,8 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
             if not console.is_terminal:
                 console.print(desc)
 
-        summary = run_bench(cfg, suite_dir, artifacts_root, on_start=on_start, on_result=on_result)
+        summary = run_bench(cfg, suite_dir, artifacts_root, on_start=on_start, on_result=on_result,
+                            trackers=trackers)
     table = Table(title=f"validation CE (reported half) at {max(cfg.budget_list()):.3g} FLOPs",
                   title_justify="left")
     for col in ("arm", "val CE", "±95%", "Δ vs base", "Holm p", "g", "best lr", "steps", "tok/s", "status"):

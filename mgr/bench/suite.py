@@ -170,11 +170,14 @@ def preflight(cfg: BenchConfig, skip: tuple[str, ...] = ()) -> None:
 
 def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
               on_start: Callable[[], None] | None = None,
-              on_result: Callable[[str, dict], None] | None = None, data=None) -> dict:
+              on_result: Callable[[str, dict], None] | None = None, data=None,
+              trackers: list | None = None) -> dict:
     """Run (or resume) a suite; returns the suite summary written to `suite_dir/summary.json`.
 
     `on_start` is called once the suite is locked and its settings and budget are accepted;
-    `on_result(path in the suite, record)` after each configuration.
+    `on_result(path in the suite, record)` after each configuration. `trackers`
+    (`mgr.train.trackers`, experiment `mgr.bench.tracking.experiment_name`): each finished
+    configuration becomes one tracker run, logged here in the parent process.
     """
     from mgr.data import build_data
     from mgr.runtime import runs
@@ -188,7 +191,10 @@ def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
         if on_start:
             on_start()
         data = build_data(DataConfig(**cfg.data)) if data is None else data
-        return _run_arms(cfg, suite_dir, artifacts_root, on_result, data, plan, gates)
+        from mgr.bench.tracking import for_suite
+
+        on_result, finish = for_suite("fixed_flops", trackers, suite_dir, on_result)
+        return finish(_run_arms(cfg, suite_dir, artifacts_root, on_result, data, plan, gates))
 
 
 def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data, plan, gates) -> dict:

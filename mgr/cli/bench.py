@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mgr.cli.app import app, parse_options, user_errors
+from mgr.cli.train import TRACKER_DIR_HELP, TRACKER_HELP
 from core.errors import MgrError
 @app.command("bench-throughput")
 @user_errors
@@ -94,12 +95,17 @@ def bench_fixed_flops(
     devices: Optional[int] = typer.Option(None, help="shard each batch over N devices"),
     run_id: Optional[str] = typer.Option(None, help="suite id; an existing one is resumed"),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
+    tracker_dir: Optional[Path] = typer.Option(None, help=TRACKER_DIR_HELP),
 ):
     """Train every configuration to the same FLOPs budget and compare validation CE across seeds."""
     from mgr.runtime import runs
     from mgr.bench.runner import run_from_cli
+    from mgr.bench.tracking import experiment_name
+    from mgr.train.trackers import from_flags
 
     suite = runs.run_dir(artifacts_dir, "bench", "fixed_flops", run_id=run_id)
+    trackers = from_flags(tracker, tracker_dir, artifacts_dir, experiment_name("fixed_flops", suite))
     flags = {
         "attention": _csv(attention), "optimizer": _csv(optimizer), "schedule": _csv(schedule),
         "seeds": _csv(None if seeds is None else [seeds], int), "target_flops": target_flops,
@@ -112,7 +118,7 @@ def bench_fixed_flops(
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
         "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
     }
-    summary = run_from_cli(flags, sweep, suite, artifacts_dir)
+    summary = run_from_cli(flags, sweep, suite, artifacts_dir, trackers=trackers)
     bad = [a["arm"] for a in summary["arms"] if a["failed_runs"] or not a["runs"]]
     typer.echo(f"record: {suite}/summary.json")
     if bad:

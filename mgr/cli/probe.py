@@ -9,6 +9,7 @@ import typer
 
 from mgr.cli.app import app, parse_options, user_errors
 from mgr.cli.bench import _csv, ffn_pattern
+from mgr.cli.train import TRACKER_DIR_HELP, TRACKER_HELP
 
 
 @app.command()
@@ -44,12 +45,17 @@ def probe(
     report: bool = typer.Option(True, help="write report.md and report.html into the suite directory"),
     run_id: Optional[str] = typer.Option(None, help="suite id; an existing one is resumed"),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
+    tracker_dir: Optional[Path] = typer.Option(None, help=TRACKER_DIR_HELP),
 ):
     """Train every (task, algebra, optimizer, learning rate, seed) to equal FLOPs; accuracy on answers."""
     from mgr.bench.probe_runner import run_from_cli
+    from mgr.bench.tracking import experiment_name
     from mgr.runtime import runs
+    from mgr.train.trackers import from_flags
 
     suite = runs.run_dir(artifacts_dir, "probe", run_id=run_id)
+    trackers = from_flags(tracker, tracker_dir, artifacts_dir, experiment_name("probe", suite))
     model = {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd}
     if attention_options is not None:
         model["attention_options"] = parse_options(attention_options, "--attention-options")
@@ -67,7 +73,7 @@ def probe(
         "search_seeds": search_seeds, "baseline": baseline, "timeout_s": timeout_s, "gate": gate,
         "model": model, "train": {"warmup_steps": warmup},
     }
-    summary = run_from_cli(flags, suite, sweep)
+    summary = run_from_cli(flags, suite, sweep, trackers=trackers)
     typer.echo(f"record: {suite}/summary.json")
     if report:
         from mgr.bench.research import write_report

@@ -12,6 +12,11 @@ import typer
 from core.errors import MgrError
 from mgr.cli.app import app, parse_options, user_errors
 
+# Shared by `train`, `bench-fixed-flops` and `probe`.
+TRACKER_HELP = ("experiment trackers beside the JSON record, comma-separated: tensorboard, mlflow "
+                "(the `trackers` extra); a suite is one experiment, each configuration one run")
+TRACKER_DIR_HELP = "where trackers write (default: the artifacts dir): DIR/tensorboard, DIR/mlruns"
+
 
 @app.command()
 @user_errors
@@ -47,6 +52,8 @@ def train(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
     resume: bool = typer.Option(False, help="continue the run --run-id from its latest checkpoint"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
+    tracker_dir: Optional[Path] = typer.Option(None, help=TRACKER_DIR_HELP),
 ):
     """Train one configuration; writes artifacts/train/<run_id>/{summary.json, run.md, metrics.jsonl, checkpoints/}."""
     from mgr.config import DataConfig, ModelConfig, TrainConfig
@@ -85,11 +92,14 @@ def train(
             optimizer_options=parse_options(optimizer_options, "--optimizer-options"),
             schedule_options=parse_options(schedule_options, "--schedule-options"))
         run_dir = runs.run_dir(root, "train", run_id=run_id)
+    from mgr.train.trackers import from_flags
+
+    trackers = from_flags(tracker, tracker_dir, root)  # a missing package: one line, before training
     enable_compilation_cache()
     request_devices(train_cfg.devices)  # before JAX starts its backends
     maybe_init_distributed()
     summary = train_run(model_cfg, data_cfg, train_cfg, run_dir=run_dir, artifacts_root=root,
-                        resume=resume, progress=progress and sys.stderr.isatty())
+                        resume=resume, progress=progress and sys.stderr.isatty(), trackers=trackers)
     _print_result(summary, run_dir)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)

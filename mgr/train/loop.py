@@ -44,8 +44,12 @@ def _validate(prog, params, val) -> tuple[float, float, float]:
 
 
 def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restored,
-             progress: bool, stop_after: int | None) -> dict:
-    """Train from step 0, or from `restored` (a `mgr.train.resume.Restored`) when resuming."""
+             progress: bool, stop_after: int | None, on_row=None) -> dict:
+    """Train from step 0, or from `restored` (a `mgr.train.resume.Restored`) when resuming.
+
+    `on_row(row)` (an experiment tracker) gets every row written to metrics.jsonl as it is
+    written; validation rows also carry this session's `tokens_per_second` (measured at that
+    synchronisation point, so not part of the deterministic log)."""
     state = prog.state
     it = data.train_iterator(train_cfg.seed)
     val = prog.put_val(data.val_batches())
@@ -74,6 +78,12 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
                 "train_seconds": train_seconds, "train_loss": last["loss"],
                 "tokens_per_step": tokens_per_step, "val_tokens": int(val.shape[0] * tokens_per_step)}
 
+    def emit(row: dict, **live) -> None:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if on_row is not None:
+            on_row({**row, **live})
+
     def consume(step: int, m) -> bool:
         """Record step `step`'s metrics; False if the loss is not finite."""
         loss = float(m["loss"])
@@ -81,10 +91,8 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
         if not math.isfinite(loss):
             return False
         if step % train_cfg.log_every == 0 or step == steps:
-            log.write(json.dumps({"kind": "train", "step": step, "loss": loss,
-                                  "grad_norm": float(m["grad_norm"]),
-                                  "flops": step * prog.flops_per_step}) + "\n")
-            log.flush()
+            emit({"kind": "train", "step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                  "flops": step * prog.flops_per_step})
         if bar is not None:
             tps = tokens_per_step * (step - start) / max(train_seconds - t_resumed, 1e-9)
             bar.update(0, completed=step, description=f"loss {loss:.3f}  {tps:,.0f} tok/s")
@@ -113,10 +121,10 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
                 if due_eval:
                     ce, ce_tune, ce_report = _validate(prog, state["params"], val)
                     val_curve.append([step, step * prog.flops_per_step, ce, ce_tune, ce_report])
-                    log.write(json.dumps({"kind": "val", "step": step, "val_ce": ce, "val_ce_tune": ce_tune,
-                                          "val_ce_report": ce_report,
-                                          "flops": step * prog.flops_per_step}) + "\n")
-                    log.flush()
+                    tps = tokens_per_step * (step - start) / max(train_seconds - t_resumed, 1e-9)
+                    emit({"kind": "val", "step": step, "val_ce": ce, "val_ce_tune": ce_tune,
+                          "val_ce_report": ce_report, "flops": step * prog.flops_per_step},
+                         tokens_per_second=tps)
                     if ce < best_val:
                         best_val = ce
                         best.save(step, state, it.get_state(), meta())

@@ -7,6 +7,8 @@ timeouts end with an explicit status in `summary.json`. Bad *input* raises `MgrE
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -63,12 +65,20 @@ def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int,
     `loss_fn(model, batch)` defaults to the next-token loss of a packed `[B, T+1]` batch; probe
     tasks pass a loss over their scored positions (the batch may be any pytree of arrays).
     """
-    tx = optim.build_transform(train_cfg, total_steps)
     loss_fn = loss_fn or (lambda model, batch: model.loss(batch))
+
+    def transform(hyper):
+        # Built per trace from the state's hyperparameters: the learning rate and the horizon
+        # are arguments of the compiled step, not constants in it, so every rate, budget and
+        # seed of a sweep runs one program (one compile, one FLOPs count).
+        return optim.build_transform(train_cfg, hyper["total_steps"], peak_lr=hyper["peak_lr"])
 
     def init():
         _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed)), nnx.Param)
-        return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        hyper = {"peak_lr": jnp.asarray(train_cfg.learning_rate, jnp.float32),
+                 "total_steps": jnp.asarray(total_steps, jnp.int32)}
+        return {"params": params, "opt": transform(hyper).init(params), "step": jnp.zeros((), jnp.int32),
+                "hyper": hyper}
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed))),
                             nnx.Param)
@@ -78,10 +88,10 @@ def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int,
 
     def step(state, batch):
         loss, grads = jax.value_and_grad(loss_of_params)(state["params"], batch)
-        updates, opt = tx.update(grads, state["opt"], state["params"], value=loss,
-                                 value_fn=lambda p: loss_of_params(p, batch))
+        updates, opt = transform(state["hyper"]).update(grads, state["opt"], state["params"], value=loss,
+                                                         value_fn=lambda p: loss_of_params(p, batch))
         new = {"params": optax.apply_updates(state["params"], updates), "opt": opt,
-               "step": state["step"] + 1}
+               "step": state["step"] + 1, "hyper": state["hyper"]}
         return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return StepParts(graphdef, init, step, loss_of_params)
@@ -91,6 +101,19 @@ def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tupl
     """XLA's count of one train step's FLOPs without initialising or compiling anything."""
     parts = make_step(model_cfg, train_cfg, total_steps=1000)
     return counted_flops(parts.step, jax.eval_shape(parts.init), jax.ShapeDtypeStruct(batch_shape, jnp.int32))
+
+
+# Compiled train steps of this process. The step's program depends on the model, the optimizer
+# and schedule kinds and knobs, the shape and the device count, never on the seed, the peak
+# learning rate or the horizon (those are state), so a sweep's runs share one entry per arm.
+_COMPILED: dict[str, tuple[Any, float, Callable]] = {}
+_NOT_IN_PROGRAM = ("seed", "learning_rate", "steps", "target_flops", "min_steps", "eval_every",
+                   "checkpoint_every", "checkpoints", "time_limit_s")
+
+
+def _program_key(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape) -> str:
+    train = {k: v for k, v in train_cfg.to_dict().items() if k not in _NOT_IN_PROGRAM}
+    return json.dumps([model_cfg.to_dict(), train, list(batch_shape)], sort_keys=True, default=str)
 
 
 def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
@@ -106,18 +129,30 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
     if train_cfg.devices > 1:
         state, batch, put_batch, put_val = data_parallel(state, batch_shape, train_cfg.devices)
-    t0 = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    step_flops = counted_flops(step, state, batch, lowered=lowered)
+    key = _program_key(model_cfg, train_cfg, batch_shape)
+    compile_s = 0.0  # what this run spent compiling: nothing when an earlier run's step serves
+    if key not in _COMPILED:
+        t0 = time.perf_counter()
+        lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
 
-    @jax.jit
-    def eval_fn(params, val_NxBxT):
-        return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
+        @jax.jit
+        def eval_fn(params, val_NxBxT):
+            return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
+
+        _COMPILED[key] = (compiled, counted_flops(step, state, batch, lowered=lowered), eval_fn)
+    compiled, step_flops, eval_fn = _COMPILED[key]
 
     return Program(graphdef, state, compiled, eval_fn, step_flops,
                    flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
+
+
+def with_horizon(prog: Program, steps: int) -> Program:
+    """`prog` with the schedule's horizon set to `steps` (placed as the old value was)."""
+    old = prog.state["hyper"]["total_steps"]
+    hyper = {**prog.state["hyper"], "total_steps": jax.device_put(jnp.asarray(steps, jnp.int32), old.sharding)}
+    return dataclasses.replace(prog, state={**prog.state, "hyper": hyper}, total_steps=steps)
 
 
 def counted_flops(step: Callable, *args, lowered=None) -> float:
@@ -159,13 +194,14 @@ def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, *, run_dir: Path,
           artifacts_root: Path, resume: bool = False, progress: bool = False, data=None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, trackers: list | None = None) -> dict:
     """Train one configuration and write its run record; returns the summary.
 
     The run directory is locked for the whole call: a second process on the same run is refused.
     Resuming a finished run returns its record untouched; one killed after its final checkpoint
     has its record completed from that checkpoint. `stop_after` ends the loop early as
-    if interrupted (tests use it to check exact resume).
+    if interrupted (tests use it to check exact resume). `trackers` (`mgr.train.trackers`)
+    mirror the run live; one that fails is recorded as `results.tracker_error`, never fatal.
     """
     if model_cfg.max_seq_len < data_cfg.seq_len:
         raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
@@ -179,11 +215,11 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             if done is not None:
                 return done
         return _train_locked(model_cfg, data_cfg, train_cfg, run_dir, artifacts_root, resume=resume,
-                             progress=progress, data=data, stop_after=stop_after)
+                             progress=progress, data=data, stop_after=stop_after, trackers=trackers)
 
 
 def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root: Path, *, resume: bool,
-                  progress: bool, data, stop_after: int | None) -> dict:
+                  progress: bool, data, stop_after: int | None, trackers=None) -> dict:
     from mgr.data import build_data
     from mgr.train.loop import run_loop
 
@@ -200,8 +236,8 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
     provisional = 1000 if train_cfg.steps is None else train_cfg.steps
     prog = build_program(model_cfg, train_cfg, batch_shape, provisional)
     steps = plan_steps(train_cfg, prog.flops_per_step)
-    if steps != provisional:  # the schedule's horizon is baked into the program
-        prog = build_program(model_cfg, train_cfg, batch_shape, steps)
+    if steps != provisional:  # the horizon is an argument of the compiled step: no rebuild
+        prog = with_horizon(prog, steps)
 
     ckpt = Checkpointer(ckpt_dir) if train_cfg.checkpoints else NoCheckpoints()
     best = Checkpointer(ckpt_dir / "best", max_to_keep=1) if train_cfg.checkpoints else NoCheckpoints()
@@ -212,9 +248,16 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
         if train_cfg.checkpoints:  # `mgr generate` / `mgr export` read the tokenizer from the run
             atomic_write_bytes(run_dir / "tokenizer.model", data.tokenizer.model_proto)
         artifacts.write_run(run_dir, summary)
+        tracking = None
+        if trackers:
+            from mgr.train.trackers import open_train_run
+
+            tracking = open_train_run(trackers, run_dir, summary,
+                                      resume_step=restored.step if restored is not None else None)
         try:
             outcome = run_loop(prog, data, train_cfg, steps, run_dir, ckpt, best, restored=restored,
-                               progress=progress, stop_after=stop_after)
+                               progress=progress, stop_after=stop_after,
+                               on_row=tracking.log_row if tracking is not None else None)
         except MgrError:
             raise
         except Exception as e:  # a failing run is recorded, not lost
@@ -227,6 +270,12 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
         outcome["reason"] = "; ".join(r for r in (outcome["reason"], restored.note) if r)
     summary["results"].update(outcome["results"])
     summary["status"], summary["reason"] = outcome["status"], outcome["reason"]
+    if tracking is not None:
+        from mgr.train.trackers import finish_train_run
+
+        error = finish_train_run(tracking, run_dir, summary)
+        if error:
+            summary["results"]["tracker_error"] = error
     artifacts.write_run(run_dir, summary)
     return summary
 
