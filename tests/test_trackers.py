@@ -287,3 +287,14 @@ def test_a_missing_package_or_unknown_kind_is_one_line_exit_2(tmp_path, monkeypa
         assert result.output.strip() == f"error: --tracker {kind} needs {dist}: uv sync --extra trackers " \
                                         f"(or pip install 'mgr[trackers]')"
     assert not (tmp_path / "train").exists() or not any((tmp_path / "train").rglob("summary.json"))
+
+
+def test_the_default_store_is_outside_artifacts_and_a_store_inside_it_is_refused(tmp_path):
+    """MLflow's file store reports every run under a directory named `artifacts` as missing, so
+    the default stores sit beside the artifacts directory and such a --tracker-dir is refused."""
+    (built,) = tr.from_flags("mlflow", None, tmp_path / "artifacts")
+    assert built.store == (tmp_path / "tracking" / "mlruns").resolve()
+    run = built.start_run("r", {"a": 1}, {"t": "x"})
+    run.log(1, {"train/loss": 2.5})  # found again by the store: the default path works
+    with pytest.raises(MgrError, match="directory named 'artifacts'"):
+        tr.from_flags("mlflow", tmp_path / "artifacts" / "t", tmp_path / "artifacts")

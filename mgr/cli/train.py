@@ -15,7 +15,8 @@ from mgr.cli.app import app, parse_options, user_errors
 # Shared by `train`, `bench-fixed-flops` and `probe`.
 TRACKER_HELP = ("experiment trackers beside the JSON record, comma-separated: tensorboard, mlflow "
                 "(the `trackers` extra); a suite is one experiment, each configuration one run")
-TRACKER_DIR_HELP = "where trackers write (default: the artifacts dir): DIR/tensorboard, DIR/mlruns"
+TRACKER_DIR_HELP = ("where trackers write: DIR/tensorboard, DIR/mlruns (default: tracking/ beside the "
+                    "artifacts dir; MLflow refuses paths through a directory named artifacts)")
 
 
 @app.command()

@@ -20,8 +20,13 @@ TRAIN_EXPERIMENT = "train"  # every `mgr train` run is one run of this experimen
 
 def from_flags(spec: str | None, tracker_dir: Path | None, artifacts_dir: Path,
                experiment: str = TRAIN_EXPERIMENT) -> list[Tracker]:
-    """The trackers `--tracker`/`--tracker-dir` ask for ([] when none); one-line errors."""
-    return build(parse(spec), tracker_dir or artifacts_dir, experiment)
+    """The trackers `--tracker`/`--tracker-dir` ask for ([] when none); one-line errors.
+
+    The default directory is `tracking/` beside the artifacts directory, not inside it: MLflow's
+    file store refuses every run whose path has a directory named `artifacts` (its guard
+    against runs hidden in artifact folders), which the default `artifacts/` would be.
+    """
+    return build(parse(spec), tracker_dir or Path(artifacts_dir).parent / "tracking", experiment)
 
 
 def open_train_run(trackers: list[Tracker], run_dir: Path, summary: dict, *,

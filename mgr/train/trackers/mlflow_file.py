@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.errors import MgrError
 from mgr.train.trackers.base import need, register
 
 # MLflow's limits (mlflow.utils.validation): values beyond them are refused, not truncated.
@@ -69,6 +70,9 @@ class MLflow:
         from mlflow.tracking import MlflowClient
 
         self.store = (Path(root) / "mlruns").resolve()
+        if "artifacts" in self.store.parts:  # mlflow's FileStore then reports every run as missing
+            raise MgrError(f"--tracker mlflow: the store {self.store} has a directory named 'artifacts' "
+                           "in its path, which MLflow's file store refuses; pass --tracker-dir elsewhere")
         self.client = MlflowClient(tracking_uri=self.store.as_uri())
         self.experiment = experiment
         self._experiment_id: str | None = None
