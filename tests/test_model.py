@@ -68,8 +68,7 @@ def test_block_is_pre_norm_residual():
     np.testing.assert_allclose(got, by_hand, atol=1e-5)
 
 
-def test_decoder_is_causal_over_a_hybrid_stack():
-    cfg = tiny_model(n_layers=len(attention.names()), attention=tuple(attention.names()))
+def _assert_causal(cfg):
     model = Decoder(cfg, rngs=nnx.Rngs(1))
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
     forward = nnx.jit(lambda m, t: m(t))  # one compile instead of hundreds of eager ops
@@ -77,6 +76,17 @@ def test_decoder_is_causal_over_a_hybrid_stack():
     changed = forward(model, tokens.at[:, 7:].set((tokens[:, 7:] + 1) % cfg.vocab_size))
     np.testing.assert_allclose(changed[:, :7], base[:, :7], atol=1e-5)
     assert float(jnp.max(jnp.abs(changed[:, 7:] - base[:, 7:]))) > 1e-4
+
+
+def test_decoder_is_causal_over_a_hybrid_stack():
+    """A state-space layer, a reversible stack (its own residual module) and plain attention in
+    one decoder; each algebra's own causality is the contract suite's (tests/attention)."""
+    _assert_causal(tiny_model(n_layers=4, attention=("ssm", "reversible", "reversible", "standard")))
+
+
+@pytest.mark.slow  # 25-45 s: one stack of all twelve algebras compiled as one forward
+def test_decoder_is_causal_over_a_stack_of_every_algebra():
+    _assert_causal(tiny_model(n_layers=len(attention.names()), attention=tuple(attention.names())))
 
 
 def test_layers_follow_the_tiled_pattern():
