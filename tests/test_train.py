@@ -37,8 +37,10 @@ def test_loss_falls_and_record_is_complete(tmp_path, data):
     assert b["flops_per_step_xla"] > 0 and b["flops_per_step_analytic"] > 0
     assert 0.5 < b["flops_per_step_xla"] / b["flops_per_step_analytic"] < 2.0
     assert b["tokens"] == 40 * TINY_DATA.batch_size * TINY_DATA.seq_len
-    for key in ("tokens_per_second", "achieved_flops_per_second", "compile_seconds", "peak_memory_bytes"):
+    for key in ("tokens_per_second", "achieved_flops_per_second", "peak_memory_bytes"):
         assert s["results"][key] > 0
+    # 0 when an earlier run of this process compiled the same step (tests/test_program_reuse.py)
+    assert s["results"]["compile_seconds"] >= 0
     meta = s["meta"]
     assert {"run_id", "generated_at", "git", "versions", "device", "command"} <= set(meta)
     assert meta["device"]["platform"] == "cpu" and meta["device"]["cpu_arch"]
