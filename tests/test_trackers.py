@@ -110,10 +110,10 @@ def resumed(tmp_path_factory):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         first = train(tiny_model(), TINY_DATA, tiny_train(**cfg), run_dir=run_dir, artifacts_root=root, data=data,
-                      stop_after=CUT, trackers=[*tr.from_flags("tensorboard,mlflow", None, root), Broken()])
+                      stop_after=CUT, trackers=[*tr.from_flags("tensorboard,mlflow", root, root), Broken()])
     shutil.rmtree(run_dir / "checkpoints" / str(CUT))  # killed before this checkpoint existed
     final = train(tiny_model(), TINY_DATA, tiny_train(**cfg), run_dir=run_dir, artifacts_root=root, data=data,
-                  resume=True, trackers=tr.from_flags("tensorboard,mlflow", None, root))
+                  resume=True, trackers=tr.from_flags("tensorboard,mlflow", root, root))
     return {"root": root, "run_dir": run_dir, "first": first, "final": final, "stderr": err.getvalue(),
             "data": data}
 
@@ -198,7 +198,7 @@ def test_a_tracker_first_asked_for_at_resume_gets_the_rows_already_logged(resume
     ledger = json.loads((run_dir / "tracker.json").read_text())
     del ledger["mlflow"]  # as if the first sessions had no --tracker mlflow
     (run_dir / "tracker.json").write_text(json.dumps(ledger))
-    tracking = tr.open_train_run(tr.from_flags("mlflow", None, tmp_path), run_dir, resumed["final"],
+    tracking = tr.open_train_run(tr.from_flags("mlflow", tmp_path, tmp_path), run_dir, resumed["final"],
                                  resume_step=RESUMED_FROM)
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
     run_id = tracking.refs()["mlflow"]["run_id"]
@@ -225,7 +225,7 @@ def test_a_suite_is_one_experiment_with_one_run_per_configuration(resumed, tmp_p
 
     def suite_run(kinds):
         return run_bench(cfg, suite, tmp_path, data=resumed["data"],
-                         trackers=tr.from_flags(kinds, None, tmp_path, experiment_name("fixed_flops", suite)))
+                         trackers=tr.from_flags(kinds, tmp_path, tmp_path, experiment_name("fixed_flops", suite)))
 
     summary = suite_run("mlflow,tensorboard")
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
@@ -260,7 +260,7 @@ def test_probe_records_map_to_curves_and_final_accuracies(tmp_path):
                           "test_accuracy": {"T16": 0.75},
                           "phases": [{"phase": "all", "step": 20, "tune": 0.5, "test": {"T16": 0.75}}]}}
     rel = "standard-adamw-cosine/mqar/b_4e+08/lr_0.003/seed_0"
-    tracking = SuiteTracking(tr.from_flags("mlflow", None, tmp_path, "probe/p"), tmp_path / "p", probe_run)
+    tracking = SuiteTracking(tr.from_flags("mlflow", tmp_path, tmp_path, "probe/p"), tmp_path / "p", probe_run)
     tracking.log(rel, record)
     tracking.log(rel, record)  # reported again on resume: logged once
     from mlflow.tracking import MlflowClient
