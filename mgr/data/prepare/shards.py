@@ -1,0 +1,79 @@
+"""Spill files (pass 1) and shuffled parquet shards (pass 2).
+
+Pass 1 appends each kept document as one JSON line to one of K spill files picked by a seeded
+hash of its text, so pass 2 can load one spill (about 1/K of the data) at a time, shuffle it with a
+seeded RNG and stream it into shards; memory is bounded by one spill, not by the corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([("text", pa.string()), ("type", pa.string()), ("lang", pa.string())])
+
+
+def unit(seed: int, text: str, salt: str) -> float:
+    """A deterministic number in [0, 1) from the text: the same document always gets the same one."""
+    h = hashlib.blake2b(f"{seed}:{salt}:".encode() + text.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0 ** 64
+
+
+class Spill:
+    def __init__(self, directory: Path, k: int, seed: int):
+        self.paths = [directory / f"spill_{i:03d}.jsonl" for i in range(k)]
+        self.files = [open(p, "w", encoding="utf-8") for p in self.paths]
+        self.seed = seed
+
+    def add(self, text: str, kind: str, lang: str | None) -> None:
+        i = int(unit(self.seed, text, "spill") * len(self.files))
+        self.files[i].write(json.dumps({"text": text, "type": kind, "lang": lang}, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def shuffled(self) -> Iterator[dict]:
+        rng = random.Random(self.seed)
+        for p in self.paths:
+            with open(p, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+            rng.shuffle(rows)
+            yield from rows
+            p.unlink()
+
+
+def write_shards(rows: Iterator[dict], out: Path, total_bytes: int, shard_bytes: int) -> list[Path]:
+    """Stream rows into shard_00000.parquet ...: n = max(2, ceil(total/shard)) shards of about equal
+    size, filled in order, so the last one (the validation shard) is a random sample too."""
+    n = max(2, -(-total_bytes // max(1, shard_bytes)))
+    target = total_bytes / n
+    paths: list[Path] = []
+    writer, buf, done, filled = None, [], 0.0, 0
+
+    def flush():
+        if buf:
+            writer.write_table(pa.Table.from_pylist(buf, schema=SCHEMA))
+            buf.clear()
+
+    for row in rows:
+        if writer is None or (filled >= target * (len(paths)) and len(paths) < n):
+            if writer is not None:
+                flush()
+                writer.close()
+            paths.append(out / f"shard_{len(paths):05d}.parquet")
+            writer = pq.ParquetWriter(paths[-1], SCHEMA)
+        buf.append(row)
+        filled += len(row["text"].encode())
+        if len(buf) >= 2048:
+            flush()
+    if writer is not None:
+        flush()
+        writer.close()
+    return paths
