@@ -178,6 +178,10 @@ class DataConfig(_Serialisable):
     corpus: str = "embedded"
     vocab_size: int = 4096
     tokenizer_type: str = "bpe"
+    # Pieces the tokenizer keeps whole (chat and code markers such as "<user>", "<code>"): each
+    # is one id, never split or merged into a neighbour.
+    user_symbols: tuple[str, ...] = ()
+    character_coverage: float = 0.9995  # share of characters the vocabulary covers; the rest byte-fall-back
     seq_len: int = 128
     batch_size: int = 8
     val_tokens: int = 32768
@@ -187,6 +191,13 @@ class DataConfig(_Serialisable):
     def __post_init__(self):
         _check(self.tokenizer_type in ("bpe", "unigram"),
                f"tokenizer_type must be 'bpe' or 'unigram', got '{self.tokenizer_type}'")
+        object.__setattr__(self, "user_symbols", tuple(self.user_symbols))
+        for sym in self.user_symbols:
+            _check(isinstance(sym, str) and sym and not any(c.isspace() or c == "," for c in sym),
+                   f"user symbols must be non-empty, without spaces or commas, got {sym!r}")
+        _check(len(set(self.user_symbols)) == len(self.user_symbols), "user symbols must be distinct")
+        _check(0.9 <= self.character_coverage <= 1.0,
+               f"character_coverage must lie in [0.9, 1], got {self.character_coverage}")
         for name in ("vocab_size", "seq_len", "batch_size", "val_tokens", "max_corpus_bytes"):
             _check(int(getattr(self, name)) > 0, f"{name} must be positive, got {getattr(self, name)}")
         _check(self.n_shards >= 2, "n_shards must be at least 2 (the last shard is validation)")

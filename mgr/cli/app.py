@@ -84,3 +84,12 @@ def parse_options(text: Optional[str], what: str) -> dict:
     if not isinstance(value, dict):
         raise MgrError(f"{what} must be a JSON object")
     return value
+
+
+# The tokenizer options shared by `train`, `bench-fixed-flops` and `data prepare`.
+USER_SYMBOLS_HELP = "comma-separated pieces the tokenizer keeps whole, one id each (e.g. '<user>,</user>,<code>')"
+COVERAGE_HELP = "share of characters the tokenizer's pieces cover (the rest fall back to bytes)"
+
+
+def symbols(text: Optional[str]) -> tuple[str, ...]:
+    return tuple(s for s in (text or "").split(",") if s)

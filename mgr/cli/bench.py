@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mgr.cli.app import app, parse_options, user_errors
+from mgr.cli.app import COVERAGE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
 from mgr.cli.train import TRACKER_DIR_HELP, TRACKER_HELP
 from core.errors import MgrError
 @app.command("bench-throughput")
@@ -87,6 +87,9 @@ def bench_fixed_flops(
     ffn_options: Optional[str] = typer.Option(None, help='JSON, e.g. {"moe": {"n_experts": 8}}'),
     seq_len: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
     vocab_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None, "--lr"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe or unigram"),
+    user_symbols: Optional[str] = typer.Option(None, help=USER_SYMBOLS_HELP),
+    character_coverage: Optional[float] = typer.Option(None, help=COVERAGE_HELP),
     warmup: Optional[int] = typer.Option(None), eval_every: Optional[int] = typer.Option(None),
     data: Optional[str] = typer.Option(None, help="directory of parquet shards with a 'text' column"),
     sweep: Optional[Path] = typer.Option(None, help="TOML grid (see experiments/)"),
@@ -115,7 +118,9 @@ def bench_fixed_flops(
         "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd,
                   "ffn": ffn_pattern(ffn),
                   "ffn_options": None if ffn_options is None else parse_options(ffn_options, "--ffn-options")},
-        "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data},
+        "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data,
+                 "tokenizer_type": tokenizer, "character_coverage": character_coverage,
+                 "user_symbols": None if user_symbols is None else list(symbols(user_symbols))},
         "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
     }
     summary = run_from_cli(flags, sweep, suite, artifacts_dir, trackers=trackers)

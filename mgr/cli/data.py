@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from mgr.cli.app import app, user_errors
+from mgr.cli.app import COVERAGE_HELP, USER_SYMBOLS_HELP, app, symbols, user_errors
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare your own text into a corpus directory.")
 app.add_typer(data_app, name="data")
@@ -31,6 +31,8 @@ def prepare_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out when complete."),
     vocab_size: int = typer.Option(0, help="Train a tokenizer of this size and put fertility in the card (0: no)."),
     tokenizer: str = typer.Option("bpe", "--tokenizer", help="bpe or unigram."),
+    user_symbols: Optional[str] = typer.Option(None, help=USER_SYMBOLS_HELP),
+    character_coverage: float = typer.Option(0.9995, help=COVERAGE_HELP),
 ):
     """Read, clean, deduplicate, tag, mix, shuffle and shard INPUTs into DIR with a data card."""
     from mgr.data.prepare import PrepareOptions, ReadOptions, parse_mix, prepare
@@ -40,7 +42,8 @@ def prepare_cmd(
                           min_chars=min_chars, max_chars=max_chars,
                           near_dup_threshold=None if no_near_dup else near_dup_threshold,
                           mix=parse_mix(mix), shard_mb=shard_mb, seed=seed, overwrite=overwrite,
-                          vocab_size=vocab_size, tokenizer_type=tokenizer)
+                          vocab_size=vocab_size, tokenizer_type=tokenizer, user_symbols=symbols(user_symbols),
+                          character_coverage=character_coverage)
     card = prepare(inputs, out, opts)
     typer.echo(f"{out}: {len(card['shards'])} shards, {card['documents']['kept']} documents, "
                f"{card['characters']} characters (card: {out}/README.md)")

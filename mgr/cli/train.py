@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from core.errors import MgrError
-from mgr.cli.app import app, parse_options, user_errors
+from mgr.cli.app import COVERAGE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
 
 # Shared by `train`, `bench-fixed-flops` and `probe`.
 TRACKER_HELP = ("experiment trackers beside the JSON record, comma-separated: tensorboard, mlflow "
@@ -37,6 +37,8 @@ def train(
     batch_size: int = typer.Option(8),
     vocab_size: int = typer.Option(4096),
     tokenizer: str = typer.Option("bpe", help="bpe or unigram"),
+    user_symbols: Optional[str] = typer.Option(None, help=USER_SYMBOLS_HELP),
+    character_coverage: float = typer.Option(0.9995, help=COVERAGE_HELP),
     lr: float = typer.Option(3e-3, "--lr", help="peak learning rate"),
     warmup: int = typer.Option(20, help="warmup steps"),
     eval_every: int = typer.Option(50),
@@ -83,6 +85,7 @@ def train(
             ffn=kinds[0] if len(kinds) == 1 else kinds,
             ffn_options=parse_options(ffn_options, "--ffn-options"))
         data_cfg = DataConfig(data_dir=data, vocab_size=vocab_size, tokenizer_type=tokenizer,
+                              user_symbols=symbols(user_symbols), character_coverage=character_coverage,
                               seq_len=seq_len, batch_size=batch_size)
         if steps is None and target_flops is None:
             steps = 200

@@ -172,7 +172,8 @@ def build_data(cfg: DataConfig) -> Data:
         raise MgrError(f"unknown corpus '{cfg.corpus}': the built-in one is 'embedded'; "
                        "pass a data directory of parquet shards for your own text")
     train_shards, val_shard = shards[:-1], shards[-1]
-    tok = train_or_load(train_shards, cfg.vocab_size, cfg.tokenizer_type)
+    tok = train_or_load(train_shards, cfg.vocab_size, cfg.tokenizer_type, user_symbols=cfg.user_symbols,
+                        character_coverage=cfg.character_coverage)
     info = {"corpus": name, "n_shards": len(shards), "val_shard": val_shard.name,
             "sources": sources}
     return Data(cfg, tok, _token_stream(train_shards, tok), _token_stream([val_shard], tok), info)

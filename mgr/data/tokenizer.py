@@ -135,14 +135,27 @@ def _sentences(shards: list[Path]) -> Iterator[str]:
                 yield "".join(buf)
 
 
-def tokenizer_digest(train_shards: list[Path], vocab_size: int, model_type: str) -> str:
+def trainer_options(user_symbols: tuple[str, ...] = (), character_coverage: float | None = None) -> dict:
+    """TRAINER_OPTIONS with the user's choices. With the defaults it is TRAINER_OPTIONS itself,
+    so tokenizers cached before these options existed keep their digests."""
+    opts = dict(TRAINER_OPTIONS)
+    if character_coverage is not None:
+        opts["character_coverage"] = float(character_coverage)
+    if user_symbols:
+        opts["user_defined_symbols"] = list(user_symbols)
+    return opts
+
+
+def tokenizer_digest(train_shards: list[Path], vocab_size: int, model_type: str,
+                     options: dict | None = None) -> str:
     """The cache key of a tokenizer: shard contents, vocab size, model type, trainer options."""
     record = {"format": FORMAT_VERSION, "vocab_size": int(vocab_size), "model_type": model_type,
-              "options": TRAINER_OPTIONS, "shards": [file_digest(p) for p in train_shards]}
+              "options": TRAINER_OPTIONS if options is None else options,
+              "shards": [file_digest(p) for p in train_shards]}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _train(train_shards: list[Path], vocab_size: int, model_type: str) -> bytes:
+def _train(train_shards: list[Path], vocab_size: int, model_type: str, options: dict) -> bytes:
     buf = io.BytesIO()
     # Sampling (only when there are more than input_sentence_size sentences) uses a global RNG
     # that is seeded from the clock unless set, which would make the model irreproducible.
@@ -150,7 +163,7 @@ def _train(train_shards: list[Path], vocab_size: int, model_type: str) -> bytes:
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=_sentences(train_shards), model_writer=buf, vocab_size=vocab_size,
-            model_type=model_type, num_threads=2, minloglevel=2, **TRAINER_OPTIONS)
+            model_type=model_type, num_threads=2, minloglevel=2, **options)
     except RuntimeError as e:
         msg = str(e)
         limit = re.search(r"value <= (\d+)", msg)
@@ -166,7 +179,8 @@ def _train(train_shards: list[Path], vocab_size: int, model_type: str) -> bytes:
     return buf.getvalue()
 
 
-def train_or_load(train_shards: list[Path], vocab_size: int, model_type: str) -> Tokenizer:
+def train_or_load(train_shards: list[Path], vocab_size: int, model_type: str, *,
+                  user_symbols: tuple[str, ...] = (), character_coverage: float | None = None) -> Tokenizer:
     """Return the tokenizer for these shards, training it only if it is not cached yet.
 
     The model lives at `cache_dir()/tokenizers/<digest>.model`, the digest covering the shard
@@ -177,6 +191,8 @@ def train_or_load(train_shards: list[Path], vocab_size: int, model_type: str) ->
         train_shards: parquet shards with a `text` column (never the validation shard).
         vocab_size: total vocabulary including the 4 specials and 256 byte pieces.
         model_type: 'bpe' (fast to train) or 'unigram'.
+        user_symbols: pieces kept whole, one id each (e.g. '<user>', '<code>').
+        character_coverage: share of characters covered by pieces (default 0.9995).
 
     Raises:
         MgrError: unknown model type, empty shards, or a vocab_size the corpus cannot fill.
@@ -184,13 +200,14 @@ def train_or_load(train_shards: list[Path], vocab_size: int, model_type: str) ->
     if model_type not in MODEL_TYPES:
         raise MgrError(f"tokenizer type must be one of {', '.join(MODEL_TYPES)}, "
                        f"got '{model_type}'")
-    digest = tokenizer_digest(train_shards, vocab_size, model_type)
+    options = trainer_options(tuple(user_symbols), character_coverage)
+    digest = tokenizer_digest(train_shards, vocab_size, model_type, options)
     path = cache_dir() / "tokenizers" / f"{digest}.model"
     if path.is_file():
         try:
             return Tokenizer(path.read_bytes(), digest, model_type)
         except (RuntimeError, OSError):
             pass  # unreadable cache entry (e.g. disk trouble): retrain and overwrite it
-    proto = _train(train_shards, vocab_size, model_type)
+    proto = _train(train_shards, vocab_size, model_type, options)
     atomic_write_bytes(path, proto)
     return Tokenizer(proto, digest, model_type)

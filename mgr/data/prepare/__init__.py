@@ -44,6 +44,8 @@ class PrepareOptions:
     overwrite: bool = False
     vocab_size: int = 0          # 0: no tokenizer (no fertility in the card)
     tokenizer_type: str = "bpe"
+    user_symbols: tuple[str, ...] = ()
+    character_coverage: float = 0.9995
 
 
 def parse_mix(text: str | None) -> dict[str, float]:
@@ -87,6 +89,11 @@ def _check_options(o: PrepareOptions) -> None:
         raise MgrError("--min-chars/--max-chars: need 0 <= min <= max")
     if o.shard_mb <= 0:
         raise MgrError("--shard-mb must be positive")
+    if o.vocab_size:  # the tokenizer options are checked where training runs check them
+        from mgr.config import DataConfig
+
+        DataConfig(vocab_size=o.vocab_size, tokenizer_type=o.tokenizer_type, user_symbols=o.user_symbols,
+                   character_coverage=o.character_coverage)
 
 
 def _pass1(files, o: PrepareOptions, spill: Spill) -> dict:
@@ -202,7 +209,8 @@ def _fertility(shards: list[Path], o: PrepareOptions) -> dict:
 
     from mgr.data.tokenizer import train_or_load
 
-    tok = train_or_load(shards[:-1], o.vocab_size, o.tokenizer_type)
+    tok = train_or_load(shards[:-1], o.vocab_size, o.tokenizer_type, user_symbols=o.user_symbols,
+                        character_coverage=o.character_coverage)
     toks: dict[str, int] = {}
     chars: dict[str, int] = {}
     table = pq.read_table(shards[-1], columns=["text", "type"]).to_pylist()
