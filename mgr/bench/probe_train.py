@@ -90,9 +90,9 @@ def _program(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, batch_s
 def _init_state(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int) -> dict:
     from mgr.train import make_step
 
-    # The seed is baked into this small init program (it is the Decoder's Rngs); the train step
-    # it feeds is shared.
-    return jax.jit(make_step(model_cfg, train_cfg, steps, loss_fn=masked_loss).init)()
+    # The seed is an argument of the init program (as in build_program), so seeds share it too.
+    init = make_step(model_cfg, train_cfg, steps, loss_fn=masked_loss).init
+    return jax.jit(init)(jnp.asarray(train_cfg.seed, jnp.int32))
 
 
 def _accuracy_fn(graphdef) -> Callable:

@@ -173,6 +173,10 @@ def render_suite_md(summary: dict) -> str:
     if failures:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {r['path']}: {r['status']} ({r['reason']})" for r in failures]
+    session = summary.get("session")
+    if session and session.get("train_share") is not None:
+        lines += ["", f"Last session: {session['wall_seconds']:.1f} s wall, {session['runs_trained']} runs "
+                      f"trained, {session['train_share']:.0%} of it in train steps."]
     lines += ["", "![validation CE against FLOPs](curves.png)", ""]
     return "\n".join(lines)
 
@@ -206,13 +210,24 @@ def plot_curves(summary: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_suite(suite_dir: Path, bench: dict | None = None) -> dict:
-    """(Re)write the suite's summary.json, run.md and curves.png from its run records."""
+def write_suite(suite_dir: Path, bench: dict | None = None, *, plot: bool = True) -> dict:
+    """(Re)write the suite's summary.json, run.md and curves.png from its run records.
+
+    `session.json` (written by the suite runner: the last session's wall and train seconds) is
+    copied in as `session` when present. `plot=False` skips the figure: the runner rewrites the
+    summary after every configuration, and drawing it each time cost more than a short run.
+    """
     suite_dir = Path(suite_dir)
     if bench is None:
         bench = json.loads((suite_dir / "bench.json").read_text())
-    summary = artifacts.as_recorded(aggregate(suite_dir, bench))
+    summary = aggregate(suite_dir, bench)
+    try:
+        summary["session"] = json.loads((suite_dir / "session.json").read_text())
+    except (OSError, ValueError):
+        pass
+    summary = artifacts.as_recorded(summary)
     artifacts.write_json(suite_dir / "summary.json", summary)
     artifacts.atomic_write(suite_dir / "run.md", render_suite_md(summary))
-    plot_curves(summary, suite_dir / "curves.png")
+    if plot:
+        plot_curves(summary, suite_dir / "curves.png")
     return summary

@@ -12,7 +12,7 @@ DEFAULTS = {
     "optimizer": ("adamw",), "schedule": ("cosine",), "seeds": (0, 1), "target_flops": 1.2e11,
     "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 4},
     "data": {"seq_len": 64, "batch_size": 8, "vocab_size": 2048, "val_tokens": 16384},
-    "train": {"learning_rate": 3e-3, "warmup_steps": 10, "eval_every": 25, "min_steps": 20},
+    "train": {"learning_rate": 3e-3, "warmup_steps": 10, "eval_every": 50, "min_steps": 20},
 }
 
 

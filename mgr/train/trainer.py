@@ -73,8 +73,11 @@ def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int,
         # seed of a sweep runs one program (one compile, one FLOPs count).
         return optim.build_transform(train_cfg, hyper["total_steps"], peak_lr=hyper["peak_lr"])
 
-    def init():
-        _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed)), nnx.Param)
+    def init(seed=None):
+        # `seed` may be a traced scalar: build_program passes it as an argument, so every seed
+        # of an arm initialises through one compiled program (same values as the constant).
+        key = jax.random.key(train_cfg.seed if seed is None else seed)  # what nnx.Rngs(int) makes
+        _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(key)), nnx.Param)
         hyper = {"peak_lr": jnp.asarray(train_cfg.learning_rate, jnp.float32),
                  "total_steps": jnp.asarray(total_steps, jnp.int32)}
         return {"params": params, "opt": transform(hyper).init(params), "step": jnp.zeros((), jnp.int32),
@@ -123,7 +126,7 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     graphdef, step, loss_of_params = parts.graphdef, parts.step, parts.loss_of_params
     # Initialising inside one jit makes the many small initialiser ops a single compile (eagerly
     # each op and shape is its own XLA program: seconds natively, a minute under emulation).
-    state = jax.jit(parts.init)()
+    state = jax.jit(parts.init)(jnp.asarray(train_cfg.seed, jnp.int32))
 
     put_batch = put_val = jnp.asarray
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
