@@ -26,7 +26,7 @@ from mgr.data.prepare.classify import KINDS, kind_of, lang_of
 from mgr.data.prepare.clean import clean
 from mgr.data.prepare.dedup import Dedup
 from mgr.data.prepare.readers import ReadOptions, input_files, iter_documents
-from mgr.data.prepare.shards import Spill, unit, write_shards
+from mgr.data.prepare.shards import Spill, spill_count, unit, write_shards
 
 FORMAT = 1
 
@@ -40,7 +40,7 @@ class PrepareOptions:
     mix: dict[str, float] = field(default_factory=dict)
     shard_mb: float = 64.0
     seed: int = 0
-    spill_files: int = 64
+    spill_files: int = 0         # 0: grows with the input (shards.spill_count)
     overwrite: bool = False
     vocab_size: int = 0          # 0: no tokenizer (no fertility in the card)
     tokenizer_type: str = "bpe"
@@ -119,7 +119,8 @@ def _pass1(files, o: PrepareOptions, spill: Spill) -> dict:
         spill.add(text, kind, lang)
         st["kept"] += 1
         st["chars"][kind] = st["chars"].get(kind, 0) + len(text)
-    st["dedup_entries"] = len(dedup.seen)
+    st["dedup_entries"] = len(dedup.exact)
+    st["dedup_bytes"] = dedup.state_bytes()
     return st
 
 
@@ -138,7 +139,7 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None =
     try:
         spill_dir = tmp / ".spill"
         spill_dir.mkdir()
-        spill = Spill(spill_dir, o.spill_files, o.seed)
+        spill = Spill(spill_dir, o.spill_files or spill_count(sum(p.stat().st_size for p in files)), o.seed)
         try:
             st = _pass1(files, o, spill)
         finally:
@@ -178,7 +179,7 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None =
                 "dropped": {**st["dropped"], "mix_downsampled": mixed_out[0]},
                 "duplicates": {"exact": st["dropped"]["exact_duplicate"], "near": st["dropped"]["near_duplicate"],
                                "near_threshold": o.near_dup_threshold},
-                "dedup_state_entries": st["dedup_entries"],
+                "dedup_state": {"documents": st["dedup_entries"], "bytes": st["dedup_bytes"]},
                 "characters": total,
                 "type_share": {k: v / total for k, v in achieved.items()},
                 "mix_target": o.mix,
@@ -213,8 +214,8 @@ def _fertility(shards: list[Path], o: PrepareOptions) -> dict:
                         character_coverage=o.character_coverage)
     toks: dict[str, int] = {}
     chars: dict[str, int] = {}
-    table = pq.read_table(shards[-1], columns=["text", "type"]).to_pylist()
-    for row in table[:2000]:
+    first = next(pq.ParquetFile(shards[-1]).iter_batches(batch_size=2000, columns=["text", "type"]))
+    for row in first.to_pylist():
         toks[row["type"]] = toks.get(row["type"], 0) + len(tok.encode(row["text"]))
         chars[row["type"]] = chars.get(row["type"], 0) + len(row["text"])
     return {"type": o.tokenizer_type, "vocab_size": o.vocab_size, "digest": tok.digest,

@@ -37,7 +37,9 @@ def render(card: dict) -> str:
 
 
 def write(out: Path, card: dict) -> None:
-    from mgr.runtime.artifacts import atomic_write, write_json
+    import json
 
-    write_json(out / "dataset.json", card)
-    atomic_write(out / "README.md", render(card))
+    from mgr.runtime.paths import atomic_write_bytes  # not runtime.artifacts: that imports JAX (~100 MB)
+
+    atomic_write_bytes(out / "dataset.json", (json.dumps(card, indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(out / "README.md", render(card).encode())

@@ -24,6 +24,7 @@ _GO = re.compile(r"^package \w+\s*$", re.M)
 _PY = re.compile(r"^(def \w+\(|class \w+[:(]|import \w+|from [\w.]+ import )", re.M)
 _SH_END = re.compile(r"^\s*(fi|done|esac)\s*$", re.M)
 _SH_OPEN = re.compile(r"\b(then|do)\s*$", re.M)
+_NOT_LETTER = re.compile(r"[^\w\s]|[\d_]")  # what is left: letters and whitespace
 _SQL = re.compile(r"^\s*(select|insert\s+into|create\s+table|update|delete\s+from)\b", re.M | re.I)
 
 
@@ -47,8 +48,8 @@ def kind_of(text: str, ext: str = "") -> str:
         return "sql"
     if not head:
         return "other"
-    letters = sum(c.isalpha() or c.isspace() for c in head)
-    symbols = sum(c in "{}[]<>=;$|\\" for c in head)
+    letters = len(_NOT_LETTER.sub("", head))
+    symbols = sum(head.count(c) for c in "{}[]<>=;$|\\")
     if letters / len(head) >= 0.6 and symbols / len(head) < 0.03:
         return "prose"
     return "other"
