@@ -13,6 +13,7 @@ below w_k*T/chars_k. Achieved shares are in the card.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -61,8 +62,8 @@ def parse_mix(text: str | None) -> dict[str, float]:
             mix[name] = float(w)
         except ValueError:
             raise MgrError(f"--mix: weight of '{name}' must be a number, got '{w}'") from None
-        if mix[name] < 0:
-            raise MgrError(f"--mix: weight of '{name}' must be non-negative")
+        if not math.isfinite(mix[name]) or mix[name] < 0:
+            raise MgrError(f"--mix: weight of '{name}' must be a non-negative finite number, got '{w}'")
     if sum(mix.values()) <= 0:
         raise MgrError("--mix: weights must not all be zero")
     return mix

@@ -17,8 +17,9 @@ _NEWLINES = re.compile(r"\n{3,}")
 
 
 def clean(text: str, kind: str) -> str:
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n"))
-    text = _CONTROL.sub("", text)
+    # Controls go first: removing one between a letter and a combining mark after NFC would leave
+    # the pair uncomposed.
+    text = unicodedata.normalize("NFC", _CONTROL.sub("", text.replace("\r\n", "\n")))
     if kind == "prose":
         text = _SPACES.sub(" ", text)
         text = "\n".join(line.strip() for line in text.split("\n"))

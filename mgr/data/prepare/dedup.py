@@ -5,7 +5,10 @@ probability about n^2 / 2^65: 3e-8 for a million documents). Near: datasketch's 
 scheme, seed 1) over word 5-gram shingles and datasketch's MinHashLSH banding for the threshold
 (b bands of r rows chosen to balance false positives and negatives); a document is a near
 duplicate when one of its b band keys is already held, i.e. it shares a whole band with a kept
-document (the LSH candidate rule, no further Jaccard check).
+document (the LSH candidate rule, no further Jaccard check). datasketch finds no banding of two
+or more bands at 64 permutations above a threshold of about 0.95, so higher thresholds use 128,
+256 or 512 permutations (0.99: 3 bands of 170) and above about 0.99 one band of 512 (a candidate
+then shares all 512 values: probability J^512).
 
 Storage is ours, not MinHashLSH's: its dict storage keeps bytes objects, sets and a key list per
 document, measured at about 2 kB per document (64 permutations, threshold 0.85: 4 bands of 15
@@ -43,17 +46,19 @@ class HashSet64:
     def nbytes(self) -> int:
         return self.main.nbytes + len(self.buf) * 64  # a buffered int: its object and set slot
 
-    def contains_any(self, keys: list[int]) -> bool:
-        if any(k in self.buf for k in keys):
-            return True
-        if not len(self.main):
-            return False
+    def _in_main(self, keys: list[int]) -> np.ndarray:
         q = np.array(keys, dtype=np.uint64)
+        if not len(self.main):
+            return np.zeros(len(q), dtype=bool)
         i = np.searchsorted(self.main, q)
-        return bool((self.main[np.minimum(i, len(self.main) - 1)] == q).any())
+        return self.main[np.minimum(i, len(self.main) - 1)] == q
+
+    def contains_any(self, keys: list[int]) -> bool:
+        return any(k in self.buf for k in keys) or bool(self._in_main(keys).any())
 
     def add(self, keys: list[int]) -> None:
-        self.buf.update(keys)
+        held = self._in_main(keys)
+        self.buf.update(k for k, h in zip(keys, held) if not h)
         if len(self.buf) > max(self.min_buffer, len(self.main) >> 3):
             merged = np.concatenate([self.main, np.sort(np.fromiter(self.buf, np.uint64, len(self.buf)))])
             merged.sort(kind="stable")
@@ -73,8 +78,15 @@ class Dedup:
         if near_threshold is not None:
             from datasketch import MinHash, MinHashLSH
 
-            lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
-            self.bands = lsh.hashranges  # [(start, end)] of each band, from datasketch's optimum
+            while True:
+                try:  # [(start, end)] of each band, from datasketch's optimum
+                    self.bands = MinHashLSH(threshold=near_threshold, num_perm=num_perm).hashranges
+                    break
+                except ValueError:  # the optimum has under 2 bands: more permutations, finer bands
+                    if num_perm >= 512:
+                        self.bands = [(0, num_perm)]  # datasketch refuses b = 1 even as params
+                        break
+                    num_perm *= 2
             self._m = MinHash(num_perm=num_perm, seed=1, hashfunc=_identity)
             self.near = HashSet64()
 

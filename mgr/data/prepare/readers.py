@@ -1,7 +1,8 @@
 """Streaming readers: every input kind yields (source, text) one document at a time.
 
-Nothing here holds more than one file's worth of rows (parquet and csv are read in batches), so
-memory stays bounded by the largest single document, not by the input size.
+Nothing here holds more than one document at a time, except a parquet row group and a .json
+array (a JSON document is parsed whole), so memory is bounded by the largest document, row group
+or .json file, not by the input size.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ def _parquet(path: Path, opt: ReadOptions) -> Iterator[str]:
     if opt.column not in pf.schema_arrow.names:
         raise MgrError(f"{path}: no column '{opt.column}' (columns: {', '.join(pf.schema_arrow.names)}; "
                        f"choose one with --column)")
-    for batch in pf.iter_batches(batch_size=1024, columns=[opt.column]):
-        for v in batch.column(0).to_pylist():
-            if v is not None:
-                yield str(v)
+    # Row group by row group: iter_batches read ahead (116 MB held while reading a 126 MB file of
+    # 9 MB row groups), so memory is one row group here, whatever the file's size.
+    for i in range(pf.metadata.num_row_groups):
+        for batch in pf.read_row_group(i, columns=[opt.column]).to_batches(max_chunksize=1024):
+            for v in batch.column(0).to_pylist():
+                if v is not None:
+                    yield str(v)
 
 
 def _one_file(path: Path, opt: ReadOptions) -> Iterator[tuple[str, str]]:
