@@ -5,7 +5,8 @@ code in Python, Bash, SQL and Go, as .txt/.md/.py/.sh/.sql/.go files in a direct
 (with invalid lines, read with --on-bad-line skip), .csv and .parquet, with exact and near
 duplicates and empty rows (the length filter) among them. `mgr data prepare` runs in a fresh
 process; its peak resident set is its own VmHWM read at exit (see `inference.peak_rss_bytes`),
-cross-checked by polling /proc/PID/status every 0.2 s.
+cross-checked by polling /proc/PID/status every 0.2 s, and its CPU time (user + system, from
+wait4) is reported beside the wall time, which other load on the machine stretches.
 
     uv run python -m mgr.bench.data_prepare              # 1 GB (about 1.1 GB of disk for the input,
     uv run python -m mgr.bench.data_prepare --gb 0.05    # as much again for the output): quick check
@@ -20,9 +21,11 @@ import csv
 import json
 import random
 import shutil
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -188,30 +191,42 @@ def run_prepare(inputs: list[Path], out: Path, extra: list[str]) -> dict:
            "--on-bad-line", "skip", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    polled = 0
-    while proc.poll() is None:
+    polled, status = 0, 0
+    stdout, stderr = [], []
+    readers = [threading.Thread(target=lambda f, acc: acc.append(f.read()), args=(f, acc), daemon=True)
+               for f, acc in ((proc.stdout, stdout), (proc.stderr, stderr))]  # no pipe fills up and blocks it
+    for t in readers:
+        t.start()
+    while True:  # wait4: the child's own CPU time, robust to other load on the machine, unlike wall
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
         polled = max(polled, _rss(proc.pid))
         time.sleep(0.2)
     wall = time.perf_counter() - t0
-    stdout, stderr = proc.communicate()
+    for t in readers:
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = stderr[0]
     if proc.returncode != 0:
         lines = [ln for ln in stderr.splitlines() if not ln.startswith("MGR_PEAK_RSS")]
         raise SystemExit(f"error: mgr data prepare failed (exit {proc.returncode}): {(lines or ['?'])[-1]}")
     peak = next(json.loads(ln.split(" ", 1)[1]) for ln in stderr.splitlines() if ln.startswith("MGR_PEAK_RSS "))
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak["bytes"] / 2**20, 1),
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(peak["bytes"] / 2**20, 1),
             "polled_rss_mib": round(polled / 2**20, 1), "rss_source": peak["source"]}
 
 
 def render(r: dict) -> str:
     c = r["card"]
     return "\n".join([
-        "| input | documents read | kept | exact dup | near dup | shards | dedup state MiB | wall s | MB/s "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| input | documents read | kept | exact dup | near dup | shards | dedup state MiB | wall s | CPU s "
+        "| MB per CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {r['input_mb']:,.0f} MB | {c['documents']['read']:,} | {c['documents']['kept']:,} | "
         f"{c['duplicates']['exact']:,} | {c['duplicates']['near']:,} | {len(c['shards'])} | "
-        f"{c['dedup_state']['bytes'] / 2**20:.1f} | {r['wall_s']:.0f} | "
-        f"{r['mb_per_s']:.2f} | {r['peak_rss_mib']:,.0f} |"])
+        f"{c['dedup_state']['bytes'] / 2**20:.1f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+        f"{r['input_mb'] / r['cpu_s']:.2f} | {r['peak_rss_mib']:,.0f} |"])
 
 
 def main(argv=None) -> None:
