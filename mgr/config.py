@@ -28,6 +28,9 @@ def _tile(pattern: tuple[str, ...], layer: int) -> str:
     return pattern[layer % len(pattern)]
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 class _Serialisable:
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -71,6 +74,10 @@ class ModelConfig(_Serialisable):
     ffn_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     logit_softcap: float = 15.0
     rope_base: float = 10000.0
+    # The activations' dtype. "bfloat16" multiplies in bfloat16 with float32 master weights
+    # (params, gradients and optimizer state stay float32; normalisation, softmax and the loss
+    # run in float32), which CPUs with AVX-512 BF16 and every accelerator execute faster.
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len",
@@ -82,6 +89,8 @@ class ModelConfig(_Serialisable):
                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         _check(self.head_dim % 2 == 0,
                f"head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        _check(self.compute_dtype in COMPUTE_DTYPES,
+               f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got '{self.compute_dtype}'")
         if isinstance(self.attention, list):
             object.__setattr__(self, "attention", tuple(self.attention))
         _check(len(self.attention_pattern) > 0, "attention must name at least one algebra")

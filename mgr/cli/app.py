@@ -89,6 +89,8 @@ def parse_options(text: Optional[str], what: str) -> dict:
 # The tokenizer options shared by `train`, `bench-fixed-flops` and `data prepare`.
 USER_SYMBOLS_HELP = "comma-separated pieces the tokenizer keeps whole, one id each (e.g. '<user>,</user>,<code>')"
 COVERAGE_HELP = "share of characters the tokenizer's pieces cover (the rest fall back to bytes)"
+DTYPE_HELP = ("compute dtype: float32, or bfloat16 (bfloat16 matmuls, float32 master weights, "
+              "norms, softmax and loss)")
 
 
 def symbols(text: Optional[str]) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mgr.cli.app import COVERAGE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
+from mgr.cli.app import COVERAGE_HELP, DTYPE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
 from mgr.cli.train import TRACKER_DIR_HELP, TRACKER_HELP
 from core.errors import MgrError
 @app.command("bench-throughput")
@@ -20,6 +20,7 @@ def bench_throughput(
                                     help="L,d,H,T,B (repeatable)"),
     vocab_size: int = typer.Option(4096),
     steps: int = typer.Option(15, help="timed steps per configuration"),
+    dtype: list[str] = typer.Option(["float32"], "--dtype", help=DTYPE_HELP + " (repeatable)"),
     run_id: Optional[str] = typer.Option(None),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
 ):
@@ -36,7 +37,7 @@ def bench_throughput(
         except ValueError:
             raise MgrError(f"--shape must be L,d,H,T,B integers, got '{s}'") from None
         shapes.append((L, d, h, t, b))
-    table = run_throughput(attention, optimizer, shapes, vocab_size, steps, out)
+    table = run_throughput(attention, optimizer, shapes, vocab_size, steps, out, dtypes=dtype)
     typer.echo(table)
     typer.echo(f"record: {out}/summary.json")
 
@@ -100,6 +101,7 @@ def bench_fixed_flops(
     artifacts_dir: Path = typer.Option(Path("artifacts")),
     tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
     tracker_dir: Optional[Path] = typer.Option(None, help=TRACKER_DIR_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP + " (every arm)"),
 ):
     """Train every configuration to the same FLOPs budget and compare validation CE across seeds."""
     from mgr.runtime import runs
@@ -116,7 +118,7 @@ def bench_fixed_flops(
         "lr_grid": _csv(None if lr_grid is None else [lr_grid], float),
         "budgets": _csv(None if budgets is None else [budgets], float),
         "model": {"n_layers": n_layer, "n_heads": n_head, "n_kv_heads": n_kv_head, "d_model": n_embd,
-                  "ffn": ffn_pattern(ffn),
+                  "ffn": ffn_pattern(ffn), "compute_dtype": dtype,
                   "ffn_options": None if ffn_options is None else parse_options(ffn_options, "--ffn-options")},
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data,
                  "tokenizer_type": tokenizer, "character_coverage": character_coverage,

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from core.errors import MgrError
-from mgr.cli.app import COVERAGE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
+from mgr.cli.app import COVERAGE_HELP, DTYPE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
 
 # Shared by `train`, `bench-fixed-flops` and `probe`.
 TRACKER_HELP = ("experiment trackers beside the JSON record, comma-separated: tensorboard, mlflow "
@@ -57,6 +57,7 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
     tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
     tracker_dir: Optional[Path] = typer.Option(None, help=TRACKER_DIR_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ):
     """Train one configuration; writes artifacts/train/<run_id>/{summary.json, run.md, metrics.jsonl, checkpoints/}."""
     from mgr.config import DataConfig, ModelConfig, TrainConfig
@@ -83,7 +84,7 @@ def train(
             attention=names[0] if len(names) == 1 else names,
             attention_options=parse_options(attention_options, "--attention-options"),
             ffn=kinds[0] if len(kinds) == 1 else kinds,
-            ffn_options=parse_options(ffn_options, "--ffn-options"))
+            ffn_options=parse_options(ffn_options, "--ffn-options"), compute_dtype=dtype)
         data_cfg = DataConfig(data_dir=data, vocab_size=vocab_size, tokenizer_type=tokenizer,
                               user_symbols=symbols(user_symbols), character_coverage=character_coverage,
                               seq_len=seq_len, batch_size=batch_size)

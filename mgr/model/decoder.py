@@ -44,7 +44,8 @@ class Decoder(nnx.Module):
         b, t = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        x = self.embed(tokens_BxT)
+        # The embedding table is a float32 master weight; the stream runs in the compute dtype.
+        x = self.embed(tokens_BxT).astype(jnp.dtype(self.cfg.compute_dtype))
         new_caches, aux = [], jnp.zeros((), jnp.float32)
         for i, blk in enumerate(self.blocks):
             x, c, a = residual_with_aux(blk, x, positions_BxT, None if caches is None else caches[i])

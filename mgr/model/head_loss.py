@@ -52,7 +52,9 @@ def _chunks(h_NxD, targets_N, chunk: int):
 
 
 def _capped(h_CxD, kernel_DxV, cap: float):
-    u_CxV = jnp.tanh((h_CxD @ kernel_DxV) / cap)
+    # Logits accumulate in float32 whatever the compute dtype (bfloat16 inputs: the matmul
+    # runs in bfloat16, the soft-cap, exponentials and loss in float32).
+    u_CxV = jnp.tanh(jnp.matmul(h_CxD, kernel_DxV, preferred_element_type=jnp.float32) / cap)
     return u_CxV, cap * u_CxV
 
 
@@ -86,9 +88,15 @@ def _forward_with_grads(h_NxD, kernel_DxV, targets_N, cap, chunk):
     h_KxCxD, t_KxC, valid_KxC = _chunks(h_NxD, targets_N, chunk)
     vocab = kernel_DxV.shape[1]
 
+    # Both gradient matmuls get operands already laid out as [M, K] @ [K, N]: XLA:CPU runs a
+    # bfloat16 dot that contracts a transposed operand in float32 (it converts both inputs), so
+    # the transposes are made once here, outside the chunk loop, not folded into the dots.
+    kernel_VxD = kernel_DxV.T
+    h_KxDxC = jnp.swapaxes(h_KxCxD, 1, 2)
+
     def one(carry, args):
         dkernel_DxV, total = carry
-        h_CxD, t_C, v_C = args
+        h_CxD, h_DxC, t_C, v_C = args
         u_CxV, z_CxV = _capped(h_CxD, kernel_DxV, cap)
         ce_C, e_CxV, s_C = _row_losses(z_CxV, t_C, cap)
         onehot_CxV = jnp.arange(vocab, dtype=t_C.dtype)[None, :] == t_C[:, None]
@@ -96,12 +104,17 @@ def _forward_with_grads(h_NxD, kernel_DxV, targets_N, cap, chunk):
         # need no mask here: their h is 0, so they add nothing to the kernel's gradient, and
         # their dh is cut off below.
         dz_CxV = (e_CxV * (1.0 / (n * s_C))[:, None] - onehot_CxV * (1.0 / n)) * (1 - u_CxV * u_CxV)
-        return (dkernel_DxV + h_CxD.T @ dz_CxV, total + jnp.sum(ce_C * v_C)), dz_CxV @ kernel_DxV.T
+        # Both gradient matmuls take their inputs in the compute dtype and accumulate in float32
+        # (a no-op cast for float32; for bfloat16 it keeps the products on the fast path).
+        dz_lo = dz_CxV.astype(h_CxD.dtype)
+        dkernel_DxV = dkernel_DxV + jnp.matmul(h_DxC, dz_lo, preferred_element_type=jnp.float32)
+        dh_CxD = jnp.matmul(dz_lo, kernel_VxD, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
+        return (dkernel_DxV, total + jnp.sum(ce_C * v_C)), dh_CxD
 
-    init = (jnp.zeros_like(kernel_DxV), jnp.zeros((), jnp.float32))
-    (dkernel_DxV, total), dh_KxCxD = scan(one, init, (h_KxCxD, t_KxC, valid_KxC))
+    init = (jnp.zeros(kernel_DxV.shape, jnp.float32), jnp.zeros((), jnp.float32))
+    (dkernel_DxV, total), dh_KxCxD = scan(one, init, (h_KxCxD, h_KxDxC, t_KxC, valid_KxC))
     dh_NxD = dh_KxCxD.reshape(-1, d)[:n]
-    return total / n, (dh_NxD, dkernel_DxV, targets_N)
+    return total / n, (dh_NxD, dkernel_DxV.astype(kernel_DxV.dtype), targets_N)
 
 
 def _fwd(h_NxD, kernel_DxV, targets_N, cap, chunk):
@@ -112,7 +125,8 @@ def _bwd(cap, chunk, res, g):
     del cap, chunk
     dh_NxD, dkernel_DxV, targets_N = res
     dtargets = jnp.zeros(targets_N.shape, jax.dtypes.float0)  # integer labels have no gradient
-    return g * dh_NxD, g * dkernel_DxV, dtargets
+    # Cotangents keep their primals' dtypes (a float32 `g` would promote bfloat16 ones).
+    return (g * dh_NxD).astype(dh_NxD.dtype), (g * dkernel_DxV).astype(dkernel_DxV.dtype), dtargets
 
 
 mean_softcap_cross_entropy.defvjp(_fwd, _bwd)
