@@ -3,4 +3,4 @@ calls one library function; bad input becomes one line on stderr and exit code 2
 
 from mgr.cli.app import app  # noqa: F401
 # Each command module registers its commands on `app` when imported.
-from mgr.cli import train, bench, probe, report, infer, serve, demos, data  # noqa: E402,F401  (this order is `mgr --help`'s)
+from mgr.cli import train, bench, probe, report, infer, serve, demos, data, launch  # noqa: E402,F401  (this order is `mgr --help`'s)

@@ -2,6 +2,9 @@
 
 Writes are atomic (temp file + rename) so a run killed at any moment leaves either the old or
 the new file, never half of one. Paths inside summaries are relative to the artifacts root.
+
+In a job of several processes only process 0 writes records: the others compute the same
+record and drop it here, so no caller needs to know how many processes there are.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mgr.runtime import env
+from mgr.runtime import distributed, env
 from mgr.runtime.paths import atomic_write_bytes
 
 SCHEMA_VERSION = "mgr.train.v1"
@@ -20,7 +23,8 @@ STATUSES = ("ok", "diverged", "error", "timeout", "interrupted", "running")
 
 
 def atomic_write(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    if distributed.is_primary():
+        atomic_write_bytes(path, text.encode())
 
 
 def _finite(obj: Any) -> Any:

@@ -30,16 +30,13 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
 
 
 def maybe_init_distributed() -> bool:
-    """Join a multi-host JAX job when the launcher says so (JAX_COORDINATOR_ADDRESS is set).
-
-    `jax.distributed.initialize()` reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID (or detects TPU pods and SLURM itself); afterwards `jax.devices()` lists every
-    host's devices and `--devices` can span them. Must run before any computation.
+    """Join a multi-process JAX job when the environment describes one (`mgr launch`, SLURM's
+    srun, or MGR_DISTRIBUTED=auto; see `mgr.runtime.distributed`). Afterwards `jax.devices()`
+    lists every process's devices and the run's mesh spans them. Must run before any computation.
     """
-    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return False
-    jax.distributed.initialize()
-    return True
+    from mgr.runtime import distributed
+
+    return distributed.initialize()
 
 
 def request_devices(n: int | None) -> None:
@@ -48,10 +45,14 @@ def request_devices(n: int | None) -> None:
     Must run before JAX starts its backends (the count is fixed then); afterwards, or when the
     user already chose a count with XLA_FLAGS=--xla_force_host_platform_device_count, this does
     nothing and the trainer's own check reports a shortfall. GPU/TPU device lists are unaffected.
+    In a job of several processes `n` counts the devices of all of them, so nothing is asked
+    here: each process simulates what its launcher gives it (`mgr launch --devices-per-process`).
     """
     from jax._src import xla_bridge
 
-    if not n or n <= 1 or xla_bridge.backends_are_initialized():
+    from mgr.runtime import distributed
+
+    if not n or n <= 1 or xla_bridge.backends_are_initialized() or distributed.described():
         return
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return

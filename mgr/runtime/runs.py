@@ -1,4 +1,4 @@
-"""Run directories: safe run ids and the lock that keeps one process per run (or suite) directory.
+"""Run directories: safe run ids and the lock that keeps one job per run (or suite) directory.
 
 A run id names one directory under the artifacts root, so it must be a single path component:
 `--run-id ../../x` or `a/b` would write outside `artifacts/<kind>/`. Every command that takes
@@ -54,7 +54,23 @@ def locked(directory: Path, what: str = "run") -> Iterator[Path]:
 
     On release the lock file is removed, and so is the directory if this call created it and
     nothing else was written there (a run refused by a later check leaves no trace).
+
+    The processes of one multi-process job are one run: process 0 alone takes the lock and every
+    process gets its outcome (a refusal is the same one line in each).
     """
+    from mgr.runtime import distributed
+
+    if distributed.process_count() == 1:
+        with _flocked(directory, what) as held:
+            yield held
+        return
+    with contextlib.ExitStack() as stack:
+        distributed.primary_outcome("lock", lambda: stack.enter_context(_flocked(directory, what)))
+        yield Path(directory)
+
+
+@contextlib.contextmanager
+def _flocked(directory: Path, what: str) -> Iterator[Path]:
     directory = Path(directory)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
