@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mgr.runtime import artifacts
+from mgr.runtime import artifacts, distributed
 from mgr.bench import evidence, stats, variants
 
 SCHEMA = "mgr.bench.fixed_flops.v1"
@@ -228,6 +228,6 @@ def write_suite(suite_dir: Path, bench: dict | None = None, *, plot: bool = True
     summary = artifacts.as_recorded(summary)
     artifacts.write_json(suite_dir / "summary.json", summary)
     artifacts.atomic_write(suite_dir / "run.md", render_suite_md(summary))
-    if plot:
+    if plot and distributed.is_primary():  # several processes: process 0 writes
         plot_curves(summary, suite_dir / "curves.png")
     return summary

@@ -200,8 +200,13 @@ def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
 
 def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data, plan, gates) -> dict:
     from mgr.bench.report import write_suite
+    from mgr.runtime import distributed
     from mgr.runtime.artifacts import write_json
     from mgr.train import train
+
+    # Under several processes (`mgr launch`) every process runs every configuration here, in
+    # this order, together: the arms run in-process, never in worker pools that would each try
+    # to join the job. Process 0 alone writes (records, the figure) and removes.
 
     t0, trained, n_trained = time.perf_counter(), 0.0, 0
     for attention, optimizer, schedule, budget, lr, seed in cfg.runs():
@@ -211,7 +216,7 @@ def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result
         if done is None and plan.failed(attention, gates):
             continue  # an entry using a gated-out algebra trains nothing; the suite record says why
         if done is None:
-            if run_dir.exists():  # a configuration cut short by a kill: start it again
+            if run_dir.exists() and distributed.is_primary():  # cut short by a kill: start it again
                 shutil.rmtree(run_dir)
             model, dcfg, tcfg = cfg.configs(attention, optimizer, schedule, seed, lr, budget)
             try:

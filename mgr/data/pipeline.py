@@ -9,6 +9,10 @@ function of (seed, step), epochs are reshuffled, and resuming is an index (`get_
 
 Validation is the first windows of the last shard, in order: the same tokens for every seed and
 every run of one DataConfig, which is what makes losses of different runs comparable.
+
+In a job of several processes each process asks for its own `rows` of every batch (a slice of
+`[0, batch_size)`): the global batch order is the same in every process, and a process builds
+only its slice of each batch, so the rows of all processes together are the one-process batch.
 """
 
 from __future__ import annotations
@@ -122,26 +126,50 @@ class Data:
                                     .batch(self.config.batch_size, drop_remainder=True))
         return self._datasets[seed]
 
-    def train_iterator(self, seed: int) -> grain.DatasetIterator:
+    def train_iterator(self, seed: int, rows: slice | None = None) -> grain.DatasetIterator:
         """An iterator over training batches from step 0, with exact resume.
 
+        `rows`: only those rows of every batch (`[len(rows), seq_len + 1]`); default all.
         `it.get_state()` is a JSON-able dict; `it.set_state(state)` on a fresh iterator of the
-        same seed and config continues with exactly the batch that would have come next.
+        same seed and config continues with exactly the batch that would have come next, for any
+        `rows` (the state counts steps), so a run resumes under another process count.
         """
-        ds = self.train_dataset(seed).to_iter_dataset(grain.ReadOptions(**_READ_OPTIONS))
-        return iter(ds)
+        ds = self.train_dataset(seed)
+        start, stop = self._rows(rows)
+        if (start, stop) != (0, self.config.batch_size):
+            # Rows [start, stop) of batch s are windows s*B + start ... s*B + stop - 1: batches of
+            # stop - start windows, every (B / (stop - start))-th one, from the (start / ...)-th.
+            # Only those windows are ever read.
+            n = stop - start
+            windows = (grain.MapDataset.source(self._train_windows).shuffle(seed=int(seed)).repeat(None)
+                       .batch(n, drop_remainder=True))
+            ds = windows[start // n::self.config.batch_size // n]
+        return iter(ds.to_iter_dataset(grain.ReadOptions(**_READ_OPTIONS)))
+
+    def _rows(self, rows: slice | None) -> tuple[int, int]:
+        """`rows` as (start, stop) inside one batch; refused unless it is one of equal parts."""
+        b = self.config.batch_size
+        if rows is None:
+            return 0, b
+        start, stop, step = rows.indices(b)
+        n = stop - start
+        if step != 1 or n <= 0 or b % n or start % n:
+            raise MgrError(f"rows {start}:{stop} of a batch of {b} are not one of {b}'s equal parts")
+        return start, stop
 
     def batch_at(self, seed: int, step: int) -> np.ndarray:
         """The training batch of `step` for `seed`, by random access (no iteration)."""
         return self.train_dataset(seed)[int(step)]
 
-    def val_batches(self) -> np.ndarray:
+    def val_batches(self, rows: slice | None = None) -> np.ndarray:
         """The fixed validation set, `[n_batches, batch_size, seq_len + 1]` int32, read-only.
 
         The first `ceil(val_tokens / (batch_size * seq_len))` batches of consecutive windows of
-        the validation shard (fewer if the shard is smaller); independent of any seed.
+        the validation shard (fewer if the shard is smaller); independent of any seed. `rows`:
+        only those rows of every batch (axis 1), a view.
         """
-        return self._val
+        start, stop = self._rows(rows)
+        return self._val[:, start:stop]
 
     def describe(self) -> dict:
         """A JSON-able record of the data for summary.json; holds no absolute cache paths."""

@@ -18,13 +18,26 @@ from core.errors import MgrError
 META_KEYS = frozenset({"step", "val_curve", "best_val", "train_seconds"})  # what resume reads
 
 
+_MANAGERS = [0]  # managers made by this process, in the same order in every process of a job
+
+
 class Checkpointer:
     def __init__(self, directory: Path, *, max_to_keep: int = 2):
+        from mgr.runtime import distributed
+
         self.directory = Path(directory).absolute()
+        _MANAGERS[0] += 1
+        # Under several processes orbax synchronises saves with barriers named by step; the
+        # periodic and the best manager both save step N, and their barriers would collide (the
+        # second waits forever), so each manager gets its own prefix. Every process saves and
+        # restores (collectively); process 0 writes the metadata.
+        multi = (ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"mgr{_MANAGERS[0]}")
+                 if distributed.process_count() > 1 else ocp.options.MultiprocessingOptions())
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=True),
+                                                 enable_async_checkpointing=True,
+                                                 multiprocessing_options=multi),
         )
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
@@ -54,6 +67,8 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise MgrError(f"no checkpoint to resume from in {self.directory.name}/")
+        # Each abstract array carries the template's sharding: a checkpoint saved under one mesh
+        # is read straight into the layout of the run that resumes it (orbax reshards on read).
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
         try:
             r = self.manager.restore(step, args=ocp.args.Composite(
