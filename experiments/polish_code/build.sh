@@ -3,7 +3,12 @@
 # with `mgr data prepare`:
 #   - Polish prose: Debian's `fortunes-pl` (sayings, quotes, IRC logs; one document per entry),
 #   - Python: the running interpreter's standard library (json, email, http, logging, asyncio),
-#   - Bash / POSIX shell: the system's own shell scripts under /usr/bin and /usr/sbin.
+#   - Bash / POSIX shell: the system's own shell scripts under /usr/bin and /usr/sbin,
+#   - SQL: PostgreSQL's extension scripts (CREATE FUNCTION/TYPE/TABLE ...) from Debian's
+#     postgresql-NN package,
+#   - Go: six packages of the Go standard library (tests left out) from Debian's golang-1.NN-src.
+# Both .deb files (about 17 and 18 MB) are fetched with `apt-get download` and unpacked with
+# dpkg-deb into the temp dir: nothing is installed.
 # Usage: experiments/polish_code/build.sh [OUT]   (default data/polish_code; replaced if present)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,6 +21,19 @@ if [ ! -d "$FORTUNES" ]; then
 fi
 SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT
+# The distribution's current versions: the packages `postgresql` and `golang-src` depend on.
+PG=$(apt-cache depends postgresql | awk '/Depends: postgresql-[0-9]/ {print $2; exit}')
+GOSRC=$(apt-cache depends golang-src | awk '/Depends: golang-1/ {print $2; exit}')
+(cd "$SRC" && apt-get download -qq "$PG" "$GOSRC" 2>/dev/null) || { echo "error: apt-get download $PG $GOSRC failed" >&2; exit 1; }
+mkdir -p "$SRC/sql" "$SRC/go" "$SRC/deb"
+dpkg-deb -x "$SRC/$PG"_*.deb "$SRC/deb"
+dpkg-deb -x "$SRC/$GOSRC"_*.deb "$SRC/deb"
+cp "$SRC"/deb/usr/share/postgresql/*/extension/*.sql "$SRC/sql/"
+for pkg in encoding/json strings bufio fmt sort strconv; do  # without tests: about 10% of the corpus
+  mkdir -p "$SRC/go/$pkg"
+  find "$SRC"/deb/usr/share/go-*/src/$pkg -maxdepth 1 -name '*.go' ! -name '*_test.go' -exec cp {} "$SRC/go/$pkg/" \;
+done
+rm -rf "$SRC/deb" "$SRC"/*.deb
 uv run python - "$SRC" "$FORTUNES" <<'PY'
 import json, shutil, sys, sysconfig
 from pathlib import Path
