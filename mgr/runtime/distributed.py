@@ -82,6 +82,10 @@ def initialize() -> bool:
         kwargs = {}
     # Only the CPU backend reads this; GPUs and TPUs keep their own collectives.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service catches SIGTERM (to reach a sync point mgr never asks for), so a
+    # process told to stop by its launcher or by SLURM would live on until SIGKILL. Without it
+    # SIGTERM ends the process; `--resume` continues from the last checkpoint.
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(**kwargs)
     sys.excepthook = _exit_at_once(sys.excepthook)
     return True
