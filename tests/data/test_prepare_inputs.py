@@ -72,8 +72,11 @@ def test_bad_json_lines_skipped_and_counted_or_named(tmp_path):
     lines = [json.dumps({"text": prose(i)}) for i in range(10)]
     lines[3], lines[7] = '{"text": "cut', "not json"
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
-    card, rows = run([tmp_path / "a.jsonl"], tmp_path / "o", read={"on_bad_line": "skip"})
-    assert card["documents"]["bad_json_lines"] == 2 and card["documents"]["read"] == 8 and len(rows) == 8
+    opts = PrepareOptions(read=ReadOptions(on_bad_line="skip"), shard_mb=0.001)
+    for out in ("o1", "o2"):  # the same options twice: counts start at zero every run
+        card = prepare([str(tmp_path / "a.jsonl")], tmp_path / out, opts)
+        assert card["documents"]["bad_json_lines"] == 2 and card["documents"]["read"] == 8
+    assert sum(s["rows"] for s in card["shards"]) == 8
     r = runner.invoke(app, ["data", "prepare", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "x")])
     assert_user_error(r, "a.jsonl:4", "--on-bad-line skip")
     r = runner.invoke(app, ["data", "prepare", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "x"),
@@ -85,8 +88,12 @@ def test_length_filters_counted_by_reason(tmp_path):
     texts = [prose(i, words=w) for i, w in enumerate([2, 3, 40, 40, 40, 40, 400, 500])]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     lo, hi = max(map(len, texts[:2])) + 1, max(map(len, texts[2:6])) + 1
-    card, rows = run([tmp_path / "a.jsonl"], tmp_path / "o", min_chars=lo, max_chars=hi, near_dup_threshold=None)
-    assert card["dropped"]["too_short"] == 2 and card["dropped"]["too_long"] == 2
+    # Over 4 bytes a character allows: counted, never read (reading it would fail on the last byte).
+    (tmp_path / "big.txt").write_bytes(("ż" * (2 * hi)).encode() + b"\xff")
+    (tmp_path / "edge.txt").write_text("ż" * (hi + 5))  # 2*hi+10 bytes: read, then too long
+    card, rows = run([tmp_path / n for n in ("a.jsonl", "big.txt", "edge.txt")], tmp_path / "o", min_chars=lo,
+                     max_chars=hi, near_dup_threshold=None)
+    assert card["dropped"]["too_short"] == 2 and card["dropped"]["too_long"] == 4 and card["documents"]["read"] == 10
     assert all(lo <= len(r["text"]) <= hi for r in rows) and len(rows) == 4
 
 

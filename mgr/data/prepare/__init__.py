@@ -13,6 +13,7 @@ below w_k*T/chars_k. Achieved shares are in the card.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -120,6 +121,8 @@ def _pass1(files, o: PrepareOptions, spill: Spill) -> dict:
         spill.add(text, kind, lang)
         st["kept"] += 1
         st["chars"][kind] = st["chars"].get(kind, 0) + len(text)
+    st["read"] += o.read.stats["too_long_files"]
+    st["dropped"]["too_long"] += o.read.stats["too_long_files"]
     st["dedup_entries"] = len(dedup.exact)
     st["dedup_bytes"] = dedup.state_bytes()
     return st
@@ -131,6 +134,9 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None =
 
     o = options or PrepareOptions()
     _check_options(o)
+    # A fresh copy: the caller's options are not written to, and counts start at zero every call.
+    o = dataclasses.replace(o, read=dataclasses.replace(o.read, max_file_bytes=4 * o.max_chars,
+                                                        stats={"bad_lines": 0, "too_long_files": 0}))
     out = Path(out)
     if out.exists() and not o.overwrite:
         raise MgrError(f"output '{out}' exists (use --overwrite to replace it)")

@@ -28,7 +28,10 @@ class ReadOptions:
     include: tuple[str, ...] = ()  # globs on the relative path inside a directory
     exclude: tuple[str, ...] = ()
     on_bad_line: str = "error"   # "skip" counts and skips a bad JSON line, "error" refuses
-    stats: dict = dataclasses.field(default_factory=lambda: {"bad_lines": 0, "files": []})
+    # A text file above this many bytes is too long for --max-chars whatever its encoding (UTF-8
+    # spends at most 4 bytes a character): counted, never read into memory.
+    max_file_bytes: int | None = None
+    stats: dict = dataclasses.field(default_factory=lambda: {"bad_lines": 0, "too_long_files": 0})
 
 
 def _is_binary(path: Path) -> bool:
@@ -37,10 +40,13 @@ def _is_binary(path: Path) -> bool:
         return b"\x00" in f.read(8192)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, max_bytes: int | None = None) -> str | None:
+    """The file's text; None when it is larger than max_bytes (checked after the binary test)."""
     try:
         if _is_binary(path):
             raise MgrError(f"input '{path}' looks binary (NUL bytes); give text, jsonl, csv or parquet")
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            return None
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise MgrError(f"input '{path}' is not UTF-8 text") from None
@@ -128,7 +134,10 @@ def _one_file(path: Path, opt: ReadOptions) -> Iterator[tuple[str, str]]:
     elif ext == ".parquet":
         gen = _parquet(path, opt)
     else:
-        gen = iter([_read_text(path)])
+        text = _read_text(path, opt.max_file_bytes)
+        if text is None:
+            opt.stats["too_long_files"] += 1
+        gen = iter([] if text is None else [text])
     for text in gen:
         yield src, text
 
