@@ -145,3 +145,20 @@ def test_hashset64_is_a_set(batches, min_buffer):
         ref.update(keys)
     assert len(s) == len(ref) and all(s.contains_any([k]) for k in ref)
     assert np.all(s.main[1:] > s.main[:-1])  # sorted, no key twice
+
+
+def test_spill_count_grows_with_the_input(tmp_path, monkeypatch):
+    """Pass 2 holds one spill at a time, so a spill must stay near SPILL_BYTES at any input size."""
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": prose(i)}) + "\n" for i in range(400)))
+    monkeypatch.setattr(shards_mod, "SPILL_BYTES", 4096)
+    sizes = []
+    real = shards_mod.Spill.shuffled
+
+    def shuffled(self):
+        sizes.extend(p.stat().st_size for p in self.paths)
+        yield from real(self)
+
+    monkeypatch.setattr(shards_mod.Spill, "shuffled", shuffled)
+    prepare([str(tmp_path / "a.jsonl")], tmp_path / "o", PrepareOptions(shard_mb=0.05))
+    size = (tmp_path / "a.jsonl").stat().st_size
+    assert len(sizes) == -(-size // 4096) > 16 and max(sizes) < 4 * 4096
