@@ -124,7 +124,7 @@ def generate(root: Path, total_bytes: int, seed: int) -> dict:
     tree = root / "tree"
     ext = {"prose": ".md", "python": ".py", "bash": ".sh", "sql": ".sql", "go": ".go"}
     i = 0
-    while written["tree"] < share["tree"] * total_bytes:  # whole files: 20-200 kB documents
+    while written["tree"] < share["tree"] * total_bytes:  # whole files: 2-200 kB documents
         text = docs.one(int(docs.size() * 10))
         kind = "prose" if text.startswith("Nr ") else next(k for k, h in _HEAD.items() if text.startswith(h))
         p = tree / f"d{i // 200:03d}" / (f"f{i:05d}" + (".txt" if kind == "prose" and i % 2 else ext[kind]))
