@@ -8,6 +8,7 @@ configuration raises `MgrError` with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,7 +233,8 @@ class TrainConfig(_Serialisable):
     grad_clip: float = 1.0
     log_every: int = 10
     time_limit_s: float | None = None
-    devices: int = 1
+    devices: int = 1  # the total device count; with `mesh` unset, a 1-D data mesh of that size
+    mesh: dict[str, int] | None = None  # e.g. {"data": 2, "fsdp": 2}; see `layout`
     checkpoints: bool = True
 
     def __post_init__(self):
@@ -243,9 +245,50 @@ class TrainConfig(_Serialisable):
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")
         _check(self.target_flops is None or self.target_flops > 0, "target_flops must be positive")
+        if self.mesh is not None:
+            _check(isinstance(self.mesh, dict), "mesh must map axis names to sizes")
+            for axis, size in self.mesh.items():
+                _check(axis in MESH_AXES, f"unknown mesh axis '{axis}'; the axes are {', '.join(MESH_AXES)}")
+                _check(isinstance(size, int) and size >= 1, f"mesh axis {axis} must be a positive integer, got {size}")
+            product = math.prod(self.mesh.values())
+            # `devices` is the shorthand for data=N; given together they must agree.
+            _check(self.devices in (1, product),
+                   f"--devices {self.devices} disagrees with --mesh {format_mesh(self.mesh)} ({product} devices)")
+            object.__setattr__(self, "devices", product)
+            object.__setattr__(self, "mesh", {axis: int(self.mesh.get(axis, 1)) for axis in MESH_AXES})
         _check(self.devices >= 1, f"devices must be >= 1, got {self.devices}")
         _check(self.eval_every > 0 and self.checkpoint_every > 0 and self.log_every > 0,
                "eval_every, checkpoint_every and log_every must be positive")
+
+    @property
+    def layout(self) -> dict[str, int]:
+        """Every mesh axis with its size: `mesh`, or `data=devices` (records from before `mesh`)."""
+        given = self.mesh if self.mesh is not None else {"data": self.devices}
+        return {axis: int(given.get(axis, 1)) for axis in MESH_AXES}
+
+
+# Device-mesh axes: batches are split over both (the data-parallel size is their product);
+# parameters and optimizer state over `fsdp` only (`mgr.train.sharding`).
+MESH_AXES = ("data", "fsdp")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """`--mesh data=2,fsdp=2` as a mesh dict; TrainConfig checks the names and sizes."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, eq, size = part.partition("=")
+        try:
+            value = int(size)
+        except ValueError:
+            value = None
+        _check(bool(eq) and value is not None, f"--mesh must be AXIS=SIZE pairs like data=2,fsdp=2, got '{text}'")
+        _check(name.strip() not in out, f"--mesh names axis '{name.strip()}' twice")
+        out[name.strip()] = value
+    return out
+
+
+def format_mesh(mesh: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in mesh.items())
 
 
 def tiny_model(**overrides) -> ModelConfig:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from mgr.cli.app import COVERAGE_HELP, DTYPE_HELP, USER_SYMBOLS_HELP, app, parse_options, symbols, user_errors
-from mgr.cli.train import TRACKER_DIR_HELP, TRACKER_HELP
+from mgr.cli.train import MESH_HELP, TRACKER_DIR_HELP, TRACKER_HELP, layout_flags
 from core.errors import MgrError
 @app.command("bench-throughput")
 @user_errors
@@ -67,6 +68,16 @@ def ffn_pattern(text: Optional[str]) -> str | tuple[str, ...] | None:
     return kinds[0] if len(kinds) == 1 else kinds
 
 
+def _layout(mesh: Optional[str], devices: Optional[int]) -> dict:
+    """The layout flags as train-section overrides (None: the sweep's or the default)."""
+    if mesh is None:
+        return {"devices": devices}
+    parsed = layout_flags(mesh, devices)["mesh"]
+    # `devices` carries the total count, which asks for simulated CPU devices before JAX starts
+    # (TrainConfig refuses a --devices that disagrees with the mesh).
+    return {"mesh": parsed, "devices": math.prod(parsed.values()) if devices is None else devices}
+
+
 @app.command("bench-fixed-flops")
 @user_errors
 def bench_fixed_flops(
@@ -96,7 +107,8 @@ def bench_fixed_flops(
     sweep: Optional[Path] = typer.Option(None, help="TOML grid (see experiments/)"),
     baseline: Optional[str] = typer.Option(None, help="baseline arm, e.g. standard-adamw-cosine"),
     timeout_s: Optional[float] = typer.Option(None, help="training time limit per configuration"),
-    devices: Optional[int] = typer.Option(None, help="shard each batch over N devices"),
+    devices: Optional[int] = typer.Option(None, help="shard each batch over N devices (--mesh data=N)"),
+    mesh: Optional[str] = typer.Option(None, "--mesh", help=MESH_HELP),
     run_id: Optional[str] = typer.Option(None, help="suite id; an existing one is resumed"),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
     tracker: Optional[str] = typer.Option(None, "--tracker", help=TRACKER_HELP),
@@ -123,7 +135,7 @@ def bench_fixed_flops(
         "data": {"seq_len": seq_len, "batch_size": batch_size, "vocab_size": vocab_size, "data_dir": data,
                  "tokenizer_type": tokenizer, "character_coverage": character_coverage,
                  "user_symbols": None if user_symbols is None else list(symbols(user_symbols))},
-        "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, "devices": devices},
+        "train": {"learning_rate": lr, "warmup_steps": warmup, "eval_every": eval_every, **_layout(mesh, devices)},
     }
     summary = run_from_cli(flags, sweep, suite, artifacts_dir, trackers=trackers)
     bad = [a["arm"] for a in summary["arms"] if a["failed_runs"] or not a["runs"]]

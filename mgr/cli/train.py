@@ -15,6 +15,8 @@ from mgr.cli.app import COVERAGE_HELP, DTYPE_HELP, USER_SYMBOLS_HELP, app, parse
 # Shared by `train`, `bench-fixed-flops` and `probe`.
 TRACKER_HELP = ("experiment trackers beside the JSON record, comma-separated: tensorboard, mlflow "
                 "(the `trackers` extra); a suite is one experiment, each configuration one run")
+MESH_HELP = ("device mesh, e.g. data=2,fsdp=2: batches split over data x fsdp devices, parameters and "
+             "optimizer state over fsdp (default: --devices, or one device)")
 TRACKER_DIR_HELP = ("where trackers write: DIR/tensorboard, DIR/mlruns (default: tracking/ beside the "
                     "artifacts dir; MLflow refuses paths through a directory named artifacts)")
 
@@ -50,7 +52,9 @@ def train(
     optimizer_options: Optional[str] = typer.Option(None, help="JSON of the optimizer's knobs"),
     schedule_options: Optional[str] = typer.Option(None, help="JSON of the schedule's knobs"),
     data: Optional[str] = typer.Option(None, help="directory of parquet shards with a 'text' column"),
-    devices: int = typer.Option(1, help="shard each batch over N devices (a 1-D data mesh)"),
+    devices: Optional[int] = typer.Option(None, help="shard each batch over N devices (--mesh data=N); "
+                                          "with --resume, the layout to continue on"),
+    mesh: Optional[str] = typer.Option(None, "--mesh", help=MESH_HELP),
     run_id: Optional[str] = typer.Option(None, help="the run's directory name (default: a UTC time stamp)"),
     artifacts_dir: Path = typer.Option(Path("artifacts")),
     resume: bool = typer.Option(False, help="continue the run --run-id from its latest checkpoint"),
@@ -75,6 +79,8 @@ def train(
                        f"nothing to resume, record unchanged: {run_dir}/summary.json")
             return
         model_cfg, data_cfg, train_cfg = _configs_from_summary(run_dir)
+        if mesh is not None or devices is not None:  # the layout asked for now, else the recorded one
+            train_cfg = train_cfg.replace(**layout_flags(mesh, devices))
     else:
         names = tuple(a.strip() for a in attention.split(",") if a.strip())
         kinds = tuple(f.strip() for f in ffn.split(",") if f.strip())
@@ -93,7 +99,7 @@ def train(
         train_cfg = TrainConfig(
             optimizer=optimizer, schedule=schedule, learning_rate=lr, warmup_steps=warmup,
             steps=steps, target_flops=target_flops, seed=seed, eval_every=eval_every,
-            checkpoint_every=checkpoint_every, devices=devices,
+            checkpoint_every=checkpoint_every, **layout_flags(mesh, devices),
             optimizer_options=parse_options(optimizer_options, "--optimizer-options"),
             schedule_options=parse_options(schedule_options, "--schedule-options"))
         run_dir = runs.run_dir(root, "train", run_id=run_id)
@@ -110,6 +116,13 @@ def train(
         raise typer.Exit(130)
     if summary["status"] != "ok":
         raise typer.Exit(1)
+
+
+def layout_flags(mesh: Optional[str], devices: Optional[int]) -> dict:
+    """TrainConfig's `mesh` and `devices` from `--mesh` and `--devices` (shared with bench-fixed-flops)."""
+    from mgr.config import parse_mesh
+
+    return {"mesh": None if mesh is None else parse_mesh(mesh), "devices": 1 if devices is None else devices}
 
 
 def _configs_from_summary(run_dir: Path):

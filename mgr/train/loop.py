@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 
+from mgr.runtime import distributed
 from mgr.train.resume import last_train_loss, results_from_meta, truncate_metrics
 
 
@@ -51,8 +52,10 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
     written; validation rows also carry this session's `tokens_per_second` (measured at that
     synchronisation point, so not part of the deterministic log)."""
     state = prog.state
-    it = data.train_iterator(train_cfg.seed)
-    val = prog.put_val(data.val_batches())
+    # Each process reads only its own rows; the Program assembles the global batch.
+    it = data.train_iterator(train_cfg.seed, rows=prog.local_rows)
+    val = prog.put_val(data.val_batches(rows=prog.local_rows))
+    primary = distributed.is_primary()  # the one process that writes metrics.jsonl
     tokens_per_step = int(val.shape[1] * (val.shape[2] - 1))  # B * T: inputs exclude the last column
     metrics_path = run_dir / "metrics.jsonl"
     start, val_curve, best_val, train_seconds = 0, [], math.inf, 0.0
@@ -65,20 +68,24 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
         # A session that trains no further steps (killed after the final checkpoint) still
         # reports the last loss the run measured.
         last["loss"] = last_train_loss(restored.meta, metrics_path)
-        truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
+        if primary:
+            truncate_metrics(metrics_path, start)
+    elif primary and metrics_path.exists():
         metrics_path.unlink()
 
-    log = metrics_path.open("a")
+    log = metrics_path.open("a") if primary else None
     bar = _progress(progress, steps, start)
     outcome = {"status": "ok", "reason": None}
 
     def meta():
         return {"step": step_done, "val_curve": val_curve, "best_val": best_val,
                 "train_seconds": train_seconds, "train_loss": last["loss"],
-                "tokens_per_step": tokens_per_step, "val_tokens": int(val.shape[0] * tokens_per_step)}
+                "tokens_per_step": tokens_per_step, "val_tokens": int(val.shape[0] * tokens_per_step),
+                "layout": train_cfg.layout}  # the mesh it was saved under (resume may use another)
 
     def emit(row: dict, **live) -> None:
+        if log is None:
+            return
         log.write(json.dumps(row) + "\n")
         log.flush()
         if on_row is not None:
@@ -135,6 +142,11 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
                 outcome = {"status": "interrupted", "reason": f"stopped after step {step}"}
                 break
             over = train_cfg.time_limit_s and train_seconds + time.perf_counter() - tick > train_cfg.time_limit_s
+            if train_cfg.time_limit_s and distributed.process_count() > 1:
+                # Clocks differ between processes; one stopping alone would leave the others
+                # waiting in the next step's collectives. Process 0's clock decides (a tiny
+                # broadcast per step, paid only with a time limit).
+                over = distributed.agree(bool(over))
             if over and step < steps:  # the last step finishes the run, however long it took
                 if not due_ckpt:  # saved just above otherwise
                     ckpt.save(step, state, it.get_state(), meta())
@@ -143,11 +155,17 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
         if pending is not None and not consume(*pending):
             outcome = {"status": "diverged", "reason": f"non-finite loss at step {pending[0]}"}
     except KeyboardInterrupt:
-        jax.block_until_ready(state)
-        ckpt.save(step_done, state, it.get_state(), meta())
-        outcome = {"status": "interrupted", "reason": f"interrupted after step {step_done}; --resume continues"}
+        if distributed.process_count() > 1:
+            # Each process is interrupted at its own step: they cannot save one checkpoint together.
+            outcome = {"status": "interrupted",
+                       "reason": f"interrupted near step {step_done}; --resume continues from the last checkpoint"}
+        else:
+            jax.block_until_ready(state)
+            ckpt.save(step_done, state, it.get_state(), meta())
+            outcome = {"status": "interrupted", "reason": f"interrupted after step {step_done}; --resume continues"}
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if bar is not None:
             bar.stop()
     outcome["results"] = results_from_meta(meta(), prog.flops_per_step)

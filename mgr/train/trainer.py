@@ -21,11 +21,10 @@ import optax
 from flax import nnx
 
 import optim
-from mgr.runtime import artifacts, runs
+from mgr.runtime import artifacts, distributed, runs
 from mgr.runtime.paths import atomic_write_bytes
-from mgr.train import flops
+from mgr.train import flops, sharding
 from mgr.train.checkpoint import Checkpointer, NoCheckpoints
-from mgr.train.parallel import check_devices, data_parallel
 from mgr.train.resume import complete_from_final_checkpoint, finished_run, read_jsonl, restore_newest
 from mgr.config import DataConfig, ModelConfig, TrainConfig
 from core.errors import MgrError
@@ -44,8 +43,9 @@ class Program:
     memory: dict
     compile_seconds: float
     total_steps: int
-    put_batch: Callable  # host batch -> device batch (sharded over the data axis with --devices)
-    put_val: Callable
+    put_batch: Callable  # this process's rows of a batch -> the global device batch
+    put_val: Callable  # the same for validation batches [N, B, T+1] (rows along axis 1)
+    local_rows: slice  # the rows of every batch this process feeds (all of them in one process)
 
 
 @dataclass
@@ -124,19 +124,12 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     """Initialise the model and optimizer, compile the train step AOT, read its FLOPs."""
     parts = make_step(model_cfg, train_cfg, total_steps)
     graphdef, step, loss_of_params = parts.graphdef, parts.step, parts.loss_of_params
-    # Initialising inside one jit makes the many small initialiser ops a single compile (eagerly
-    # each op and shape is its own XLA program: seconds natively, a minute under emulation).
-    state = jax.jit(parts.init)(jnp.asarray(train_cfg.seed, jnp.int32))
-
-    put_batch = put_val = jnp.asarray
-    batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
-    if train_cfg.devices > 1:
-        state, batch, put_batch, put_val = data_parallel(state, batch_shape, train_cfg.devices)
+    state, place, batch = sharding.init_placed(parts.init, train_cfg.seed, batch_shape, train_cfg.layout)
     key = _program_key(model_cfg, train_cfg, batch_shape)
     compile_s = 0.0  # what this run spent compiling: nothing when an earlier run's step serves
     if key not in _COMPILED:
         t0 = time.perf_counter()
-        lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
+        lowered = sharding.lower_step(step, place, state, batch)
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
 
@@ -148,7 +141,8 @@ def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: t
     compiled, step_flops, eval_fn = _COMPILED[key]
 
     return Program(graphdef, state, compiled, eval_fn, step_flops,
-                   flops.xla_memory(compiled), compile_s, total_steps, put_batch, put_val)
+                   flops.xla_memory(compiled), compile_s, total_steps, place.put_batch, place.put_val,
+                   place.local_rows)
 
 
 def with_horizon(prog: Program, steps: int) -> Program:
@@ -208,11 +202,12 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     """
     if model_cfg.max_seq_len < data_cfg.seq_len:
         raise MgrError(f"seq_len {data_cfg.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-    check_devices(train_cfg.devices, data_cfg.batch_size)
+    sharding.check_layout(train_cfg.layout, data_cfg.batch_size)
     run_dir = Path(run_dir)
     with runs.locked(run_dir):
         if resume:
             done = finished_run(run_dir)
+            distributed.barrier("finished")  # several processes: all read the record before it changes
             if done is None:
                 done = complete_from_final_checkpoint(run_dir)
             if done is not None:
@@ -231,6 +226,7 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
         raise MgrError(f"--resume: no checkpoints in {run_dir.name}/checkpoints")
     if not resume and (run_dir / "summary.json").exists():
         raise MgrError(f"run '{run_dir.name}' already exists; pass --resume or choose another --run-id")
+    distributed.barrier("checked")  # several processes: nobody writes the run before all have checked it
     data = build_data(data_cfg) if data is None else data
     if data.tokenizer.vocab_size != model_cfg.vocab_size:
         raise MgrError(f"model vocab_size {model_cfg.vocab_size} != tokenizer's {data.tokenizer.vocab_size}")
@@ -248,11 +244,12 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
         # Restore before the record is rewritten: an unreadable run keeps its old record.
         restored = restore_newest(run_dir.name, prog.state, ckpt, best) if resume else None
         summary = _record(model_cfg, data_cfg, train_cfg, data, prog, steps, run_dir, artifacts_root)
-        if train_cfg.checkpoints:  # `mgr generate` / `mgr export` read the tokenizer from the run
+        # `mgr generate` / `mgr export` read the tokenizer from the run (process 0 writes records)
+        if train_cfg.checkpoints and distributed.is_primary():
             atomic_write_bytes(run_dir / "tokenizer.model", data.tokenizer.model_proto)
         artifacts.write_run(run_dir, summary)
         tracking = None
-        if trackers:
+        if trackers and distributed.is_primary():
             from mgr.train.trackers import open_train_run
 
             tracking = open_train_run(trackers, run_dir, summary,
@@ -269,6 +266,8 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
     finally:
         ckpt.close()
         best.close()
+    if restored is not None:  # the layout is the one asked for now; the checkpoint's may differ
+        summary["results"]["resumed_from"] = {"step": restored.step, "layout": restored.meta.get("layout")}
     if restored is not None and restored.note:
         outcome["reason"] = "; ".join(r for r in (outcome["reason"], restored.note) if r)
     summary["results"].update(outcome["results"])
