@@ -18,7 +18,8 @@ def launch(
     grace_s: float = typer.Option(5.0, help="seconds between SIGTERM and SIGKILL when stopping the job"),
 ):
     """Run a command as N processes of one JAX job over loopback: `mgr launch --processes 2 -- mgr train
-    --devices 2`. Output lines come prefixed [p0], [p1], ...; one failing process stops them all."""
+    --devices 2`. Each output line comes prefixed with its process (p0, p1, ...); one failing process
+    stops them all."""
     from mgr.runtime.launcher import launch as run
 
     code = run(command or [], processes, devices_per_process, grace_s=grace_s)
