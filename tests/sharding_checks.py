@@ -123,7 +123,10 @@ def _restore_into_both(ckpt_dir: Path, data) -> bool:
 
 
 def main() -> None:
+    from mgr.runtime import enable_compilation_cache
+
     assert len(jax.devices()) >= 4, "run with XLA_FLAGS=--xla_force_host_platform_device_count=4"
+    enable_compilation_cache(Path(__file__).resolve().parent.parent / ".cache" / "jax-tests")  # as conftest
     adamw, seconds = tiny_train(), {}
 
     def timed(name, fn):

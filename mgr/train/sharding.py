@@ -147,9 +147,9 @@ def init_placed(init: Callable, seed: int, batch_shape: tuple[int, int], layout:
     return state, where, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=where.batch)
 
 
-def lower_step(step: Callable, placement: Placement, state: Any, batch: Any):
-    """The donated train step `(state, batch) -> (state, metrics)`, lowered for the placement."""
+def lower_step(step: Callable, where: Placement, state: Any, batch: Any):
+    """The donated train step `(state, batch) -> (state, metrics)`, lowered for its placement."""
     # The new state keeps the old one's shardings, so the donated buffers are reused and the
-    # next call's arguments match the compiled program's.
-    keep = {} if placement.mesh is None else {"out_shardings": (placement.state, None)}
+    # next call's arguments match the compiled program's (XLA's own choice would not).
+    keep = {} if where.mesh is None else {"out_shardings": (where.state, None)}
     return jax.jit(step, donate_argnums=0, **keep).lower(state, batch)
