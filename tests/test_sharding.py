@@ -38,10 +38,8 @@ def backend_started():
 
 @pytest.fixture(scope="module")
 def checks():
-    # XLA's newer CPU fusion emitters compile these tiny programs 3-5x slower than the classic
-    # ones; the comparisons are between programs compiled alike, so the checks keep their meaning.
-    flags = os.environ.get("XLA_FLAGS", "") + (" --xla_force_host_platform_device_count=4"
-                                               " --xla_cpu_use_fusion_emitters=false")
+    # (conftest's XLA_FLAGS, the legacy fusion emitters included, are inherited)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     proc = subprocess.run([sys.executable, "tests/sharding_checks.py"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env=dict(os.environ, XLA_FLAGS=flags.strip()))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,7 +102,7 @@ def test_bad_mesh_is_one_line_and_exit_2(args, words, tmp_path):
 
 @pytest.mark.parametrize("args,words", [
     (["--mesh", "tensor=2"], ["unknown mesh axis 'tensor'"]),
-    (["--mesh", "data=2,fsdp=2"], ["but only 1 cpu device(s)"]),
+    (["--mesh", "data=2,fsdp=2"], ["--mesh data=2,fsdp=2 but only 1 cpu device(s)"]),
     (["--mesh", "fsdp=4", "--batch-size", "6"], ["batch size 6 is not divisible"]),
 ])
 def test_bench_refuses_a_bad_mesh_in_one_line(args, words, tmp_path):

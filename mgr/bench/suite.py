@@ -152,10 +152,10 @@ def preflight(cfg: BenchConfig, skip: tuple[str, ...] = ()) -> None:
     run then uses for its own steps. Arms of the entries in `skip` (gated out: they never
     train) are not counted.
     """
-    from mgr.train import check_devices, step_flops
+    from mgr.train import check_layout, step_flops
 
     train_cfg = TrainConfig(**cfg.train)
-    check_devices(train_cfg.devices, DataConfig(**cfg.data).batch_size)  # one line, not one error per arm
+    check_layout(train_cfg.layout, DataConfig(**cfg.data).batch_size)  # one line, not one error per arm
     worst = 0.0
     for arm in cfg.arms():
         if arm[0] in skip:
