@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from mgr.bench.process import MGR_REPORTING_PEAK_RSS
 from mgr.runtime import artifacts
 
 WORDS = {
@@ -165,19 +166,6 @@ def generate(root: Path, total_bytes: int, seed: int) -> dict:
     return written
 
 
-_CHILD = """
-import atexit, json, sys
-def _report():
-    from mgr.bench.inference import peak_rss_bytes
-    peak, source = peak_rss_bytes()
-    sys.stderr.write("MGR_PEAK_RSS " + json.dumps({"bytes": peak, "source": source}) + "\\n")
-atexit.register(_report)
-from mgr.cli import app
-sys.argv = ["mgr"] + sys.argv[1:]
-app()
-"""
-
-
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -187,7 +175,7 @@ def _rss(pid: int) -> int:
 
 
 def run_prepare(inputs: list[Path], out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-c", _CHILD, "data", "prepare", *map(str, inputs), "--out", str(out),
+    cmd = [sys.executable, "-c", MGR_REPORTING_PEAK_RSS, "data", "prepare", *map(str, inputs), "--out", str(out),
            "--on-bad-line", "skip", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

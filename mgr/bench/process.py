@@ -29,8 +29,9 @@ from mgr.runtime import artifacts
 
 C1 = ["--n-layer", "2", "--n-head", "2", "--n-kv-head", "2", "--n-embd", "64", "--seq-len", "128",
       "--batch-size", "4", "--vocab-size", "50304", "--steps", "50", "--no-progress"]
-# The child runs the same Typer app as the `mgr` script and reports its own high-water mark.
-_CHILD = """
+# The child runs the same Typer app as the `mgr` script and reports its own high-water mark
+# (`mgr.bench.data_prepare` measures `mgr data prepare` with it too).
+MGR_REPORTING_PEAK_RSS = """
 import atexit, json, sys
 def _report():
     from mgr.bench.inference import peak_rss_bytes
@@ -45,7 +46,7 @@ _IMPORTS = "import time; t = time.perf_counter(); import mgr.train, mgr.data.pip
 
 
 def one_run(root: Path, run_id: str) -> dict:
-    cmd = [sys.executable, "-c", _CHILD, "train", *C1, "--artifacts-dir", str(root), "--run-id", run_id]
+    cmd = [sys.executable, "-c", MGR_REPORTING_PEAK_RSS, "train", *C1, "--artifacts-dir", str(root), "--run-id", run_id]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
