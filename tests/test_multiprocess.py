@@ -168,6 +168,19 @@ def test_launcher_forwards_prefixed_lines_and_fails_as_a_whole(capfd):
     assert launch([sys.executable, "-c", "print('ok')"], 2) == 0
 
 
+def test_a_second_job_on_a_locked_run_is_refused_in_one_line_by_every_process(tmp_path):
+    from mgr.runtime import runs
+
+    run = tmp_path / "artifacts" / "train" / "busy"
+    with runs.locked(run):
+        proc = _run_launcher([MGR, "launch", "--processes", "2", "--", "mgr", "train", "--devices", "2", "--steps", "2",
+                              "--run-id", "busy", "--artifacts-dir", str(tmp_path / "artifacts"), "--no-progress"], 120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = {line[:5]: line[5:] for line in proc.stderr.splitlines() if " error: " in line}
+    assert set(errors) == {"[p0] ", "[p1] "}, proc.stderr[-3000:]
+    assert errors["[p0] "] == errors["[p1] "] and "'busy' is in use by another process" in errors["[p0] "]
+
+
 def test_ctrl_c_stops_every_process(tmp_path):
     code = "import os, time; print('up', os.getpid(), flush=True); time.sleep(120)"
     job = subprocess.Popen([MGR, "launch", "--processes", "2", "--", sys.executable, "-c", code], cwd=ROOT,

@@ -88,22 +88,42 @@ def initialize() -> bool:
     jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(**kwargs)
     sys.excepthook = _exit_at_once(sys.excepthook)
+    sys.exit = _fail_at_once(sys.exit)
     return True
 
 
-def _exit_at_once(hook):
-    """An uncaught exception in one process must end it now: the orderly exit waits at a
-    barrier for every sibling (up to JAX's 5-minute shutdown timeout), and the siblings wait for
-    this process inside a collective, so the job would hang instead of failing (and `mgr launch`
-    stops the siblings only once a process has exited)."""
+# A process of a job that fails must end now. Its orderly exit waits at a barrier for every
+# sibling (up to JAX's 5-minute shutdown timeout) while a sibling that did not fail waits for it
+# inside a collective or a barrier: the job would hang instead of failing, and `mgr launch`
+# stops the siblings only once a process has exited. So an uncaught exception, and a non-zero
+# `sys.exit` (how the CLI ends with a one-line error or a failed run), skip that barrier; the
+# job's coordinator going away then ends the siblings too. A zero exit stays orderly.
 
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _exit_at_once(hook):
     def excepthook(kind, value, tb):
         hook(kind, value, tb)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         os._exit(1)
 
     return excepthook
+
+
+def _fail_at_once(exit_):
+    def exit(code=0):
+        if code is None or code == 0:
+            exit_(code)
+        if not isinstance(code, int):  # sys.exit("message") prints it and exits 1
+            print(code, file=sys.stderr)
+            code = 1
+        _flush()
+        os._exit(code)
+
+    return exit
 
 
 def _state():
