@@ -178,14 +178,19 @@ def primary_outcome(name: str, fn: Callable[[], None]) -> None:
         return
     _barriers[0] += 1
     key = f"mgr/outcome/{name}/{_barriers[0]}"
+    # On an error every process meets at `read` before raising: process 0 hosts the job's
+    # coordinator and ends at once when it raises, and a sibling still waiting for the key
+    # would get a lost-connection traceback instead of the one-line error.
     if state.process_id == 0:
         try:
             fn()
         except MgrError as e:
             state.client.key_value_set(key, "error:" + str(e))
+            state.client.wait_at_barrier(key + "/read", BARRIER_TIMEOUT_MS)
             raise
         state.client.key_value_set(key, "ok")
         return
     got = state.client.blocking_key_value_get(key, BARRIER_TIMEOUT_MS)
     if got.startswith("error:"):
+        state.client.wait_at_barrier(key + "/read", BARRIER_TIMEOUT_MS)
         raise MgrError(got[len("error:"):])
