@@ -81,6 +81,7 @@ def test_two_processes_match_two_devices_and_one_device(runs, algebra):
     assert steps == list(range(1, 13))
     _assert_same(_values(job["rows"]), _values(simulated["rows"]))
     _assert_same(_values(job["rows"]), _values(single["rows"]))
+    _assert_same(_values(simulated["rows"]), _values(single["rows"]))  # --devices 2 == 1 device
 
 
 def test_each_process_reads_only_its_rows(runs):
