@@ -169,6 +169,18 @@ def test_launcher_forwards_prefixed_lines_and_fails_as_a_whole(capfd):
     assert launch([sys.executable, "-c", "print('ok')"], 2) == 0
 
 
+def test_every_process_of_a_job_gets_the_same_default_run_id(capfd):
+    """Without --run-id each run is named by a UTC time stamp; processes of one job that stamp
+    it a second apart must still name one run (process 1 waits 1.1 s before asking)."""
+    from mgr.runtime.launcher import launch
+
+    code = ("import os, time; time.sleep(1.1 * int(os.environ['JAX_PROCESS_ID'])); "
+            "from mgr.runtime import runs; print('id', runs.resolve_run_id(None), flush=True)")
+    assert launch([sys.executable, "-c", code], 2) == 0
+    ids = {line.split()[0]: line.split()[-1] for line in capfd.readouterr()[0].splitlines() if " id " in line}
+    assert set(ids) == {"[p0]", "[p1]"} and len(set(ids.values())) == 1, ids
+
+
 def test_a_second_job_on_a_locked_run_is_refused_in_one_line_by_every_process(tmp_path):
     from mgr.runtime import runs
 

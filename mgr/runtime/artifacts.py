@@ -50,7 +50,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def new_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    from mgr.runtime.runs import new_run_id as fresh
+
+    return fresh()
 
 
 def provenance(run_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from core.errors import MgrError
+from mgr.runtime import runs
 
 POLL_S = 0.05
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -46,9 +47,10 @@ def _xla_flags(existing: str, devices: int) -> str:
     return " ".join([*kept, f"{DEVICE_FLAG}={devices}"])
 
 
-def child_env(base: dict, process_id: int, processes: int, port: int, devices: int) -> dict:
+def child_env(base: dict, process_id: int, processes: int, port: int, devices: int, run_id: str) -> dict:
     env = dict(base)
     env.update({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
+                runs.JOB_RUN_ID: run_id,  # one default --run-id for the whole job
                 "JAX_PROCESS_ID": str(process_id), "PYTHONUNBUFFERED": "1",
                 "XLA_FLAGS": _xla_flags(base.get("XLA_FLAGS", ""), devices)})
     env.pop("MGR_DISTRIBUTED", None)  # an `=0` from the caller's shell would split the job
@@ -118,6 +120,7 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int = 1,
         raise MgrError(f"--grace-s must not be negative, got {grace_s}")
     argv = resolve(command)
     port = free_port() if port is None else port
+    job_id = runs.new_run_id()  # an outer job's id is kept (a launcher under a launcher)
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
@@ -129,7 +132,7 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int = 1,
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for i in range(processes):
-            env = child_env(os.environ, i, processes, port, devices_per_process)
+            env = child_env(os.environ, i, processes, port, devices_per_process, job_id)
             p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
             procs.append(p)

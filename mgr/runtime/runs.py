@@ -36,10 +36,20 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+# Set by `mgr launch` for its children: the processes of one job start at slightly different
+# times, and ids stamped by each process's own clock could straddle a second and name two runs.
+JOB_RUN_ID = "MGR_JOB_RUN_ID"
+
+
+def new_run_id() -> str:
+    """A fresh time-stamped run id (UTC), or the one `mgr launch` gave the whole job."""
+    import datetime as dt
+
+    return os.environ.get(JOB_RUN_ID) or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
 def resolve_run_id(run_id: str | None) -> str:
     """A checked `run_id`, or a fresh time-stamped one when none was given."""
-    from mgr.runtime.artifacts import new_run_id
-
     return new_run_id() if run_id is None else check_run_id(run_id)
 
 
