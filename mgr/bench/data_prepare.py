@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from mgr.bench.process import MGR_REPORTING_PEAK_RSS
-from mgr.runtime import artifacts
+from mgr.runtime import artifacts, runs
 
 WORDS = {
     "en": "the of and to in is that it was for on are with as his they at be this from have or by one had "
@@ -245,7 +245,7 @@ def main(argv=None) -> None:
             shutil.rmtree(work, ignore_errors=True)
     text = render(r)
     r["card"].pop("inputs")  # thousands of generated files: their digests say nothing here
-    out = Path(args.artifacts_dir) / "bench" / "data_prepare" / artifacts.new_run_id()
+    out = runs.run_dir(Path(args.artifacts_dir), "bench", "data_prepare", run_id=None)
     artifacts.write_json(out / "summary.json", {"meta": artifacts.provenance(out.name), **r})
     artifacts.atomic_write(out / "run.md", f"# mgr data prepare, {args.gb} GB generated input\n\n{text}\n")
     print(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mgr.bench import BenchConfig, load_sweep, run_bench
+from mgr.config import TrainConfig
 
 # The default suite: every registered algebra with AdamW on a small decoder, sized so the whole
 # grid finishes in minutes on a 2-core CPU while each arm still trains for 100+ steps.
@@ -46,7 +47,9 @@ def run_from_cli(flags: dict, sweep: Path | None, suite_dir: Path, artifacts_roo
 
     cfg = merge(flags, sweep)
     enable_compilation_cache()
-    request_devices(cfg.train.get("devices"))  # before JAX starts its backends; flag or sweep
+    # Before JAX starts its backends; the count TrainConfig derives from a flag's or a sweep's
+    # `devices` or `mesh` (a bad one is refused here, in one line).
+    request_devices(TrainConfig(**cfg.train).devices)
     maybe_init_distributed()
     console = Console(stderr=True)
     total = len(list(cfg.runs()))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attention
 import optim
-from mgr.runtime import artifacts
+from mgr.runtime import artifacts, runs
 from mgr.config import ModelConfig, TrainConfig
 from mgr.bench.perf import matmul_peak, time_train_step
 
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
         raw[title] = data
     peak_line = " / ".join(f"{r['n']}²: {r['gflops']:.0f}" for r in peak_rows)
     text = f"f32 matmul peak through JAX (GFLOP/s): {peak_line}\n\n" + "\n".join(sections)
-    out = Path(args.artifacts_dir) / "bench" / "speed" / artifacts.new_run_id()
+    out = runs.run_dir(Path(args.artifacts_dir), "bench", "speed", run_id=None)
     artifacts.write_json(out / "summary.json", {"meta": artifacts.provenance(out.name), "tables": raw})
     artifacts.atomic_write(out / "report.md", text)
     print(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -70,12 +69,7 @@ def ffn_pattern(text: Optional[str]) -> str | tuple[str, ...] | None:
 
 def _layout(mesh: Optional[str], devices: Optional[int]) -> dict:
     """The layout flags as train-section overrides (None: the sweep's or the default)."""
-    if mesh is None:
-        return {"devices": devices}
-    parsed = layout_flags(mesh, devices)["mesh"]
-    # `devices` carries the total count, which asks for simulated CPU devices before JAX starts
-    # (TrainConfig refuses a --devices that disagrees with the mesh).
-    return {"mesh": parsed, "devices": math.prod(parsed.values()) if devices is None else devices}
+    return {"devices": devices} if mesh is None else layout_flags(mesh, devices)
 
 
 @app.command("bench-fixed-flops")

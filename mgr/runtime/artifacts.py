@@ -49,12 +49,6 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
 
 
-def new_run_id() -> str:
-    from mgr.runtime.runs import new_run_id as fresh
-
-    return fresh()
-
-
 def provenance(run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,

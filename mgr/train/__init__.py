@@ -1,8 +1,8 @@
 """Training: the AOT-compiled step and the run (`trainer`), the host loop (`loop`), orbax
 checkpoints (`checkpoint`), resuming (`resume`), where arrays live on a device mesh
-(`sharding`; `parallel` keeps the 1-D `--devices` check) and FLOP/memory counting of compiled programs (`flops`)."""
+(`sharding`: `--devices N` is the layout data=N) and FLOP/memory counting of compiled programs
+(`flops`)."""
 
-from mgr.train.parallel import check_devices  # noqa: F401
 from mgr.train.sharding import check_layout  # noqa: F401
 from mgr.train.resume import finished_run  # noqa: F401
 from mgr.train.trainer import (Program, StepParts, build_program, counted_flops, make_step,  # noqa: F401

@@ -164,9 +164,9 @@ def main(argv=None) -> int:
     if args.list:
         return list_mutants(chosen)
 
-    from mgr.runtime import artifacts, env
+    from mgr.runtime import artifacts, env, runs
 
-    run_id, t_start = artifacts.new_run_id(), time.perf_counter()
+    run_id, t_start = runs.new_run_id(), time.perf_counter()
     git = env.git_info(REPO)  # of the tree the copies are taken from, now
     files = repo_files()
     workers = [Worker(i, files) for i in range(max(1, args.jobs))]
