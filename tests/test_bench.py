@@ -67,6 +67,20 @@ def test_suite_records_budget_resume_and_report(tmp_path, data):
     assert flops[f"{other}-adamw-cosine"] < 0.9 * flops["standard-adamw-cosine"]
     assert steps[f"{other}-adamw-cosine"] > steps["standard-adamw-cosine"]
     delta = arms[f"{other}-adamw-cosine"]["delta_vs_baseline"]
+    # the session's share in train steps, over the runs' loop and over the process from its start
+    session = summary["session"]
+    assert session["runs_trained"] == 4
+    assert session["train_seconds"] == pytest.approx(sum(
+        json.loads((suite / r["path"]).read_text())["results"]["train_seconds"]
+        for a in arms.values() for r in a["runs"]), abs=1e-2)
+    assert 0 < session["train_seconds"] < session["wall_seconds"] < session["process_seconds"]
+    assert session["process_seconds"] == pytest.approx(_process_age(), abs=2.0)
+    assert session["train_share"] == pytest.approx(session["train_seconds"] / session["wall_seconds"], abs=1e-3)
+    assert session["process_train_share"] == pytest.approx(
+        session["train_seconds"] / session["process_seconds"], abs=1e-3)
+    md = (suite / "run.md").read_text()
+    assert (f"{session['train_share']:.0%} of the {session['wall_seconds']:.1f} s of the runs' loop" in md
+            and f"{session['process_train_share']:.0%} of the process's {session['process_seconds']:.1f} s" in md)
     assert delta["welch"]["p_value"] is not None and summary["conclusions"]["best_arm"] in arms
     # run.md and the plot regenerate from the records alone
     (suite / "run.md").unlink()
@@ -89,6 +103,13 @@ def test_suite_records_budget_resume_and_report(tmp_path, data):
     result = runner.invoke(app, ["compare", str(suite), str(tmp_path / "worse.json")])
     assert result.exit_code == 1 and "regression" in result.stdout
     assert runner.invoke(app, ["compare", str(suite), str(tmp_path / "nope")]).exit_code == 2
+
+
+def _process_age() -> float:
+    psutil = pytest.importorskip("psutil")  # an independent clock for the record's process window
+    import time
+
+    return time.time() - psutil.Process().create_time()
 
 
 def test_lr_grid_and_budgets_choose_on_the_tuning_half_and_fit_a_curve(tmp_path, data):

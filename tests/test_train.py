@@ -85,3 +85,33 @@ def test_existing_run_is_not_overwritten(tmp_path, data):
     run(tmp_path, data, steps=8)
     with pytest.raises(MgrError, match="already exists"):
         run(tmp_path, data, steps=8)
+
+
+def test_one_evaluation_call_gives_the_halves_of_two_separate_ones(data):
+    """The validation pass is one call returning both halves' CE; each equals the mean CE the
+    unoptimised path computed with one call per half, bit for bit, and the whole set's CE is
+    their weighted mean as before."""
+    import jax
+    import jax.numpy as jnp
+
+    from mgr.train import build_program, make_step
+    from mgr.train.loop import _validate
+
+    model, cfg = tiny_model(), tiny_train()  # tiny_train()'s own program: compiled by the runs above
+    prog = build_program(model, cfg, (TINY_DATA.batch_size, TINY_DATA.seq_len + 1), 24)
+    loss_of_params = make_step(model, cfg, 24).loss_of_params
+    params = jax.tree.map(lambda p: p * 1.5, prog.state["params"])  # not the init: larger logits
+    val = prog.put_val(data.val_batches())
+    n = int(val.shape[0])
+    h = n // 2
+    assert n >= 2
+
+    @jax.jit
+    def half_ce(params, v):  # one call per half, as the loop did
+        return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), v))
+
+    tune, report = float(half_ce(params, val[:h])), float(half_ce(params, val[h:]))
+    assert tune != report
+    assert _validate(prog, params, val) == ((h * tune + (n - h) * report) / n, tune, report)
+    single = val[:1]  # one batch: no disjoint halves, every number is the whole set's
+    assert _validate(prog, params, single) == (float(half_ce(params, single)),) * 3

@@ -175,10 +175,39 @@ def render_suite_md(summary: dict) -> str:
         lines += [f"- {r['path']}: {r['status']} ({r['reason']})" for r in failures]
     session = summary.get("session")
     if session and session.get("train_share") is not None:
-        lines += ["", f"Last session: {session['wall_seconds']:.1f} s wall, {session['runs_trained']} runs "
-                      f"trained, {session['train_share']:.0%} of it in train steps."]
+        lines += ["", f"Last session: {session['runs_trained']} runs trained; {session['train_seconds']:.1f} s in "
+                      f"train steps, {session['train_share']:.0%} of the {session['wall_seconds']:.1f} s of the "
+                      "runs' loop (setup, compiles, evaluation, records)"
+                  + (f" and {session['process_train_share']:.0%} of the process's {session['process_seconds']:.1f} s "
+                     "from its start (imports, gates, preflight, figure too)."
+                     if session.get("process_train_share") is not None else ".")]
     lines += ["", "![validation CE against FLOPs](curves.png)", ""]
     return "\n".join(lines)
+
+
+def session_record(wall: float, trained: float, runs_trained: int) -> dict:
+    """The last session's share of wall time in train steps, over the suite's loop (`wall`:
+    every configuration's setup, compile, evaluation and records) and over the whole process
+    from its start (imports, correctness gates, the budget preflight and the figure too)."""
+    process = process_seconds()
+    return {"wall_seconds": round(wall, 3), "train_seconds": round(trained, 3),
+            "train_share": round(trained / wall, 4) if wall > 0 else None, "runs_trained": runs_trained,
+            "process_seconds": process and round(process, 3),
+            "process_train_share": round(trained / process, 4) if process else None}
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where that is unknown."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return up - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def plot_curves(summary: dict, path: Path) -> None:

@@ -199,7 +199,7 @@ def run_bench(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, *,
 
 
 def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result, data, plan, gates) -> dict:
-    from mgr.bench.report import write_suite
+    from mgr.bench.report import session_record, write_suite
     from mgr.runtime import distributed
     from mgr.runtime.artifacts import write_json
     from mgr.train import train
@@ -234,10 +234,9 @@ def _run_arms(cfg: BenchConfig, suite_dir: Path, artifacts_root: Path, on_result
     # How much of this session went into train steps (the rest: data, compiling, FLOP counting,
     # evaluation, checkpoints, records): the share the harness is judged on.
     wall = time.perf_counter() - t0
-    write_json(suite_dir / "session.json", {"wall_seconds": round(wall, 3), "train_seconds": round(trained, 3),
-                                            "train_share": round(trained / wall, 4) if wall > 0 else None,
-                                            "runs_trained": n_trained})
-    return write_suite(suite_dir, cfg.to_dict())
+    write_suite(suite_dir, cfg.to_dict())  # the figure: inside the process's window
+    write_json(suite_dir / "session.json", session_record(wall, trained, n_trained))
+    return write_suite(suite_dir, cfg.to_dict(), plot=False)
 
 
 def check_gates(cfg: BenchConfig, suite_dir: Path) -> tuple[variants_.GatePlan, dict[str, dict]]:

@@ -1,4 +1,5 @@
-"""Training: the AOT-compiled step and the run (`trainer`), the host loop (`loop`), orbax
+"""Training: the AOT-compiled step, init and evaluation programs, built once per arm in a process
+(`program`), the run (`trainer`), the host loop (`loop`), orbax
 checkpoints (`checkpoint`), resuming (`resume`), where arrays live on a device mesh
 (`sharding`: `--devices N` is the layout data=N) and FLOP/memory counting of compiled programs
 (`flops`)."""

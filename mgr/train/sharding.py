@@ -136,15 +136,30 @@ def init_placed(init: Callable, seed: int, batch_shape: tuple[int, int], layout:
     """`init(seed)` (the train state) on `layout`, its placement, and the batch's abstract array."""
     import jax.numpy as jnp
 
+    run, where, batch, _ = placed_init(init, batch_shape, layout, (jnp.asarray(seed, jnp.int32),))
+    return run(jnp.asarray(seed, jnp.int32)), where, batch
+
+
+def placed_init(init: Callable, batch_shape: tuple[int, int], layout: dict[str, int], args: tuple):
+    """(`init` jitted to place its state on `layout`, the placement, the batch's abstract array,
+    the state's abstract arrays with their shardings); `args` are example arguments of `init`.
+
+    Keep the jitted init to reuse it: each new `jax.jit` of a closure traces and lowers again.
+    """
+    import jax.numpy as jnp
+
     # Initialising inside one jit makes the many small initialiser ops a single compile (eagerly
     # each op and shape is its own XLA program: seconds natively, a minute under emulation).
     # Under a mesh each device only ever holds its own shards; the random values do not depend
     # on the sharding (JAX's threefry is partitionable).
-    seed = jnp.asarray(seed, jnp.int32)
-    where = placement(lambda: jax.eval_shape(init, seed), batch_shape, layout)
-    on_mesh = {} if where.mesh is None else {"out_shardings": where.state}
-    state = jax.jit(init, **on_mesh)(seed)
-    return state, where, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=where.batch)
+    abstract = jax.eval_shape(init, *args)
+    where = placement(lambda: abstract, batch_shape, layout)
+    if where.mesh is not None:
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s,
+                                                                weak_type=a.weak_type),
+                                abstract, where.state)
+    run = jax.jit(init, **({} if where.mesh is None else {"out_shardings": where.state}))
+    return run, where, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=where.batch), abstract
 
 
 def lower_step(step: Callable, where: Placement, state: Any, batch: Any):

@@ -7,172 +7,19 @@ timeouts end with an explicit status in `summary.json`. Bad *input* raises `MgrE
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
 
 import optim
 from mgr.runtime import artifacts, distributed, runs
 from mgr.runtime.paths import atomic_write_bytes
 from mgr.train import flops, sharding
+from mgr.train.program import (Program, StepParts, build_program, counted_flops,  # noqa: F401
+                               make_step, step_flops, with_horizon)
 from mgr.train.checkpoint import Checkpointer, NoCheckpoints
 from mgr.train.resume import complete_from_final_checkpoint, finished_run, read_jsonl, restore_newest
 from mgr.config import DataConfig, ModelConfig, TrainConfig
 from core.errors import MgrError
-from mgr.model import Decoder
-
-
-@dataclass
-class Program:
-    """The compiled pieces of a run, built once and shared by the loop."""
-
-    graphdef: Any
-    state: dict
-    step_fn: Any  # compiled train step: (state, batch) -> (state, metrics)
-    eval_fn: Callable
-    flops_per_step: float
-    memory: dict
-    compile_seconds: float
-    total_steps: int
-    put_batch: Callable  # this process's rows of a batch -> the global device batch
-    put_val: Callable  # the same for validation batches [N, B, T+1] (rows along axis 1)
-    local_rows: slice  # the rows of every batch this process feeds (all of them in one process)
-
-
-@dataclass
-class StepParts:
-    """The pure pieces of a run, before anything is compiled."""
-
-    graphdef: Any
-    init: Callable  # () -> state (params, optimizer state, step)
-    step: Callable  # (state, batch) -> (state, metrics)
-    loss_of_params: Callable  # (params, batch) -> mean cross-entropy
-
-
-def make_step(model_cfg: ModelConfig, train_cfg: TrainConfig, total_steps: int,
-              loss_fn: Callable[[Decoder, Any], jax.Array] | None = None) -> StepParts:
-    """The model's loss, the optimizer and one train step as pure functions of arrays.
-
-    `loss_fn(model, batch)` defaults to the next-token loss of a packed `[B, T+1]` batch; probe
-    tasks pass a loss over their scored positions (the batch may be any pytree of arrays).
-    """
-    loss_fn = loss_fn or (lambda model, batch: model.loss(batch))
-
-    def transform(hyper):
-        # Built per trace from the state's hyperparameters: the learning rate and the horizon
-        # are arguments of the compiled step, not constants in it, so every rate, budget and
-        # seed of a sweep runs one program (one compile, one FLOPs count).
-        return optim.build_transform(train_cfg, hyper["total_steps"], peak_lr=hyper["peak_lr"])
-
-    def init(seed=None):
-        # `seed` may be a traced scalar: build_program passes it as an argument, so every seed
-        # of an arm initialises through one compiled program (same values as the constant).
-        key = jax.random.key(train_cfg.seed if seed is None else seed)  # what nnx.Rngs(int) makes
-        _, params = nnx.split(Decoder(model_cfg, rngs=nnx.Rngs(key)), nnx.Param)
-        hyper = {"peak_lr": jnp.asarray(train_cfg.learning_rate, jnp.float32),
-                 "total_steps": jnp.asarray(total_steps, jnp.int32)}
-        return {"params": params, "opt": transform(hyper).init(params), "step": jnp.zeros((), jnp.int32),
-                "hyper": hyper}
-
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(train_cfg.seed))),
-                            nnx.Param)
-
-    def loss_of_params(p, batch):
-        return loss_fn(nnx.merge(graphdef, p), batch)
-
-    def step(state, batch):
-        loss, grads = jax.value_and_grad(loss_of_params)(state["params"], batch)
-        updates, opt = transform(state["hyper"]).update(grads, state["opt"], state["params"], value=loss,
-                                                         value_fn=lambda p: loss_of_params(p, batch))
-        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt,
-               "step": state["step"] + 1, "hyper": state["hyper"]}
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-    return StepParts(graphdef, init, step, loss_of_params)
-
-
-def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int]) -> float:
-    """XLA's count of one train step's FLOPs without initialising or compiling anything."""
-    parts = make_step(model_cfg, train_cfg, total_steps=1000)
-    return counted_flops(parts.step, jax.eval_shape(parts.init), jax.ShapeDtypeStruct(batch_shape, jnp.int32))
-
-
-# Compiled train steps of this process. The step's program depends on the model, the optimizer
-# and schedule kinds and knobs, the shape and the device count, never on the seed, the peak
-# learning rate or the horizon (those are state), so a sweep's runs share one entry per arm.
-_COMPILED: dict[str, tuple[Any, float, Callable]] = {}
-_NOT_IN_PROGRAM = ("seed", "learning_rate", "steps", "target_flops", "min_steps", "eval_every",
-                   "checkpoint_every", "checkpoints", "time_limit_s")
-
-
-def _program_key(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape) -> str:
-    train = {k: v for k, v in train_cfg.to_dict().items() if k not in _NOT_IN_PROGRAM}
-    return json.dumps([model_cfg.to_dict(), train, list(batch_shape)], sort_keys=True, default=str)
-
-
-def build_program(model_cfg: ModelConfig, train_cfg: TrainConfig, batch_shape: tuple[int, int],
-                  total_steps: int) -> Program:
-    """Initialise the model and optimizer, compile the train step AOT, read its FLOPs."""
-    parts = make_step(model_cfg, train_cfg, total_steps)
-    graphdef, step, loss_of_params = parts.graphdef, parts.step, parts.loss_of_params
-    state, place, batch = sharding.init_placed(parts.init, train_cfg.seed, batch_shape, train_cfg.layout)
-    key = _program_key(model_cfg, train_cfg, batch_shape)
-    compile_s = 0.0  # what this run spent compiling: nothing when an earlier run's step serves
-    if key not in _COMPILED:
-        t0 = time.perf_counter()
-        lowered = sharding.lower_step(step, place, state, batch)
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - t0
-
-        @jax.jit
-        def eval_fn(params, val_NxBxT):
-            return jnp.mean(jax.lax.map(lambda b: loss_of_params(params, b), val_NxBxT))
-
-        _COMPILED[key] = (compiled, counted_flops(step, state, batch, lowered=lowered), eval_fn)
-    compiled, step_flops, eval_fn = _COMPILED[key]
-
-    return Program(graphdef, state, compiled, eval_fn, step_flops,
-                   flops.xla_memory(compiled), compile_s, total_steps, place.put_batch, place.put_val,
-                   place.local_rows)
-
-
-def with_horizon(prog: Program, steps: int) -> Program:
-    """`prog` with the schedule's horizon set to `steps` (placed as the old value was)."""
-    old = prog.state["hyper"]["total_steps"]
-    hyper = {**prog.state["hyper"], "total_steps": jax.device_put(jnp.asarray(steps, jnp.int32), old.sharding)}
-    return dataclasses.replace(prog, state={**prog.state, "hyper": hyper}, total_steps=steps)
-
-
-def counted_flops(step: Callable, *args, lowered=None) -> float:
-    """XLA's FLOPs of `step`, counted on its lowered HLO with every sequential loop unrolled.
-
-    Compiled and lowered counts agree to 0.2% for loop-free programs, but both count a
-    while-loop body once; lowering under `unrolled_loops()` (never compiled, never run) charges
-    every iteration: a scan over layers, key blocks, head chunks, or HOSS's Lanczos steps.
-
-    The unrolled lowering costs as much as tracing the step again, so the count is cached on
-    disk (`flops.cached_count`), keyed by the ordinary lowering of the same program: pass
-    `lowered` when the caller has one (build_program lowers the step to compile it anyway).
-    """
-    from attention.base import unrolled_loops
-
-    def count() -> float:
-        with unrolled_loops():
-            # a fresh wrapper, so no trace cached outside the context is reused
-            unrolled = jax.jit(lambda *a: step(*a)).lower(*args)
-        return flops.xla_flops(unrolled)
-
-    program = lowered if lowered is not None else jax.jit(step).lower(*args)
-    return flops.cached_count(program.as_text(), count)
 
 
 def plan_steps(train_cfg: TrainConfig, flops_per_step: float) -> int:
