@@ -188,7 +188,7 @@ def test_embedded_corpus_is_reused_not_rebuilt(shards):
 
 def test_killed_build_leaves_no_partial_corpus(monkeypatch):
     cfg = CFG.replace(n_shards=3)  # a corpus key no other test has built
-    real_write = corpus.pq.write_table
+    real_write = pq.write_table
     written = []
 
     def dies_on_second_shard(table, path, *args, **kwargs):
@@ -197,17 +197,18 @@ def test_killed_build_leaves_no_partial_corpus(monkeypatch):
             raise KeyboardInterrupt  # as if the run were interrupted mid-build
         return real_write(table, path, *args, **kwargs)
 
-    monkeypatch.setattr(corpus.pq, "write_table", dies_on_second_shard)
+    monkeypatch.setattr(pq, "write_table", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         corpus.build_embedded_corpus(cfg)
     root = cache_dir() / "corpus"
     assert not list(root.glob(".tmp-*"))
     assert all(not (d / "shard_00000.parquet").exists() or (d / corpus.MANIFEST).exists()
                for d in root.iterdir())
-    monkeypatch.setattr(corpus.pq, "write_table", real_write)
+    monkeypatch.setattr(pq, "write_table", real_write)
     built = corpus.build_embedded_corpus(cfg)
     names = [f"shard_{i:05d}.parquet" for i in range(3)]
     assert [p.name for p in corpus.list_shards(built)] == names
+    assert corpus.embedded_shards(built) == corpus.list_shards(built)  # the unchecked listing agrees
     (built / names[1]).unlink()  # damaged by hand: rebuilt whole, not reused
     assert [p.name for p in corpus.list_shards(corpus.build_embedded_corpus(cfg))] == names
 
@@ -377,3 +378,20 @@ def test_bad_data_dirs_raise_one_line_errors(tmp_path):
         build_data(CFG.replace(data_dir=str(cases["no text column"][0])))
     with pytest.raises(MgrError, match="unknown corpus 'wiki'"):
         build_data(CFG.replace(corpus="wiki"))
+
+
+def test_a_run_on_a_built_corpus_never_imports_pyarrow(data, cache_root):
+    """pyarrow costs a run ~30 MB and ~1 s of import; with the corpus, tokenizer and token
+    streams cached (the `data` fixture built them) building the data must not need it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from mgr.config import DataConfig; from mgr.data import build_data; "
+            f"d = build_data(DataConfig.from_dict({CFG.to_dict()!r})); "
+            "print(d.describe()['n_train_tokens'], 'pyarrow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MGR_CACHE_DIR": str(cache_root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    n, imported = out.stdout.split()
+    assert int(n) == data.describe()["n_train_tokens"] and imported == "False", out.stdout

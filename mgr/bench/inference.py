@@ -104,7 +104,7 @@ def _tokenizer_and_prompts(cfg: InferenceBenchConfig):
     from mgr.data.tokenizer import train_or_load
 
     dcfg = DataConfig(vocab_size=cfg.tokenizer_vocab, max_corpus_bytes=cfg.corpus_bytes)
-    shards = corpus.list_shards(corpus.build_embedded_corpus(dcfg))
+    shards = corpus.embedded_shards(corpus.build_embedded_corpus(dcfg))
     tok = train_or_load(shards[:-1], cfg.tokenizer_vocab, dcfg.tokenizer_type)
     need = cfg.prompt_tokens * max(cfg.requests, cfg.batch * cfg.batch_rounds)
     stream: list[int] = []

@@ -24,9 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mgr.config import DataConfig
 from core.errors import MgrError
 from mgr.runtime.paths import cache_dir
@@ -199,6 +196,9 @@ def build_embedded_corpus(cfg: DataConfig) -> Path:
                 "n_docs": [len(s) for s in shards],
                 "bytes": [sum(len(t.encode()) for t in s) for s in shards]}
 
+    import pyarrow as pa  # here, not at the top: a run on a built corpus never needs pyarrow
+    import pyarrow.parquet as pq
+
     _remove_stale_temps(root)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -222,6 +222,13 @@ def read_manifest(corpus_dir: str | Path) -> dict | None:
     """The manifest an embedded corpus was built with, or None for a user directory."""
     path = Path(corpus_dir) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def embedded_shards(corpus_dir: Path) -> list[Path]:
+    """The shards of a corpus `build_embedded_corpus` returned, in order, without reading them:
+    it wrote them itself and checked they are all there, so `list_shards`'s schema checks (and
+    the ~30 MB, ~1 s import of pyarrow they need) are skipped on every run."""
+    return [corpus_dir / _shard_name(i) for i in range(len(read_manifest(corpus_dir)["n_docs"]))]
 
 
 def _shard_name(i: int) -> str:
@@ -271,6 +278,9 @@ def list_shards(data_dir: str | Path) -> list[Path]:
     if len(shards) < 2:
         raise MgrError(f"data directory '{given}' has only 1 parquet shard ({shards[0].name}); "
                        "need at least 2: the last in sorted order is held out for validation")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     for p in shards:
         try:
             schema = pq.read_schema(p)
@@ -289,6 +299,9 @@ def list_shards(data_dir: str | Path) -> list[Path]:
 
 def iter_texts(shard: Path) -> Iterator[str]:
     """Yield the non-null `text` values of one shard, in row order, reading in record batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         for batch in pq.ParquetFile(shard).iter_batches(columns=["text"], batch_size=4096):
             yield from (t for t in batch.column(0).to_pylist() if t is not None)
@@ -298,4 +311,6 @@ def iter_texts(shard: Path) -> Iterator[str]:
 
 def count_docs(shards: list[Path]) -> int:
     """Number of rows over `shards`, from parquet metadata (no data read)."""
+    import pyarrow.parquet as pq
+
     return sum(pq.ParquetFile(p).metadata.num_rows for p in shards)

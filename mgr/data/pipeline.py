@@ -193,7 +193,7 @@ def build_data(cfg: DataConfig) -> Data:
                           "parquet_bytes": sum(p.stat().st_size for p in shards)}}
     elif cfg.corpus == "embedded":
         corpus_dir = corpus.build_embedded_corpus(cfg)
-        shards = corpus.list_shards(corpus_dir)
+        shards = corpus.embedded_shards(corpus_dir)
         manifest = corpus.read_manifest(corpus_dir)
         name, sources = corpus.embedded_name(manifest), manifest["sources"]
     else:
