@@ -16,8 +16,6 @@ import os
 import platform
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MGR_CACHE_DIR", str(ROOT / ".cache" / "mgr"))
 # Not on aarch64: the ARM tier compares emulated losses with x86 ones that `mgr.bench.armcheck`
@@ -40,13 +38,3 @@ if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
 from mgr.runtime import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache(ROOT / ".cache" / "jax-tests")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Order for `--dist loadfile` (pyproject's addopts): each file runs on one worker, so its
-    module-scoped fixtures are built once (plain `load` scheduling hands consecutive tests to
-    alternate workers, and each builds them), and the files holding a `long` test go first, so
-    that no long test starts last while the other worker idles. (`loadgroup` would allow finer
-    groups, but xdist 3.8 marks them on `item._nodeid`, which pytest 9 no longer reads.)"""
-    long_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("long")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in long_files)  # stable

@@ -43,7 +43,6 @@ def test_budget_arithmetic():
     assert plan_steps(TrainConfig(steps=7), 1e9) == 7
 
 
-@pytest.mark.long
 def test_suite_records_budget_resume_and_report(tmp_path, data):
     other = "reversible"  # half-width layers: a clearly different step cost from standard's
     cfg = bench(attention=("standard", other), seeds=(0, 1))

@@ -13,8 +13,6 @@ from mgr.config import ModelConfig, TrainConfig
 from mgr.train.flops import analytic_train_flops_per_step
 from mgr.train import step_flops
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 B, T = 2, 64
 
 

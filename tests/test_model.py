@@ -148,7 +148,6 @@ def test_bad_model_configs_are_one_line_errors(kw, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.long
 def test_hybrid_stack_trains_from_configuration_alone():
     """standard -> ultrametric -> tropical -> reversible: one config string, no code change, plain
     blocks and a stack-factory algebra in one decoder, and the stack learns recall."""

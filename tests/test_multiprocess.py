@@ -17,8 +17,6 @@ import pytest
 
 from helpers import TINY_DATA, assert_user_error
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = [sys.executable, "tests/multiprocess_checks.py"]
 MGR = str(Path(sys.executable).parent / "mgr")

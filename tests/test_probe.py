@@ -25,7 +25,6 @@ def _records(suite):
             for p in suite.glob("*/*/b_*/lr_*/seed_*/summary.json")}
 
 
-@pytest.mark.long
 def test_suite_chooses_lr_on_tune_reports_test_and_resumes(tmp_path):
     suite = tmp_path / "probe" / "p1"
     summary = run_probe_suite(ProbeConfig(**TINY), suite)

@@ -21,8 +21,6 @@ from mgr.train import sharding
 
 from helpers import assert_user_error
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 SMALL = ["--n-embd", "32", "--n-layer", "1", "--seq-len", "16", "--batch-size", "4",

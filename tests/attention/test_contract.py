@@ -17,8 +17,6 @@ import attention
 from mgr.config import ModelConfig
 from mgr.model.blocks import make_stack
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 B, T, D, H, G, S_MAX = 2, 8, 32, 4, 2, 16
 NAMES = attention.names()
 

@@ -9,8 +9,6 @@ from mgr import demos
 from mgr.cli import app
 from mgr.demos import base
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 runner = CliRunner()
 SMALL_STEPS = 3
 # Demos that took 17-47 s each in a cold fresh-clone suite (stop 20: reversible 46, braid 24,

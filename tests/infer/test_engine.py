@@ -15,8 +15,6 @@ from mgr.infer.sampling import filtered_logits, sample, step_key
 from mgr.infer.weights import Layout
 from mgr.model import Decoder
 
-pytestmark = pytest.mark.long  # starts first under xdist (tests/conftest.py)
-
 V, S, CHUNK = 300, 32, 8
 PROMPT, NEW = 19, 10  # two prefill chunks, three prompt tokens through the step, ten new tokens
 GREEDY = SamplingParams(max_new_tokens=NEW, temperature=0.0)
