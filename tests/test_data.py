@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -383,11 +386,7 @@ def test_bad_data_dirs_raise_one_line_errors(tmp_path):
 def test_a_run_on_a_built_corpus_never_imports_pyarrow(data, cache_root):
     """pyarrow costs a run ~30 MB and ~1 s of import; with the corpus, tokenizer and token
     streams cached (the `data` fixture built them) building the data must not need it."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import json, sys; from mgr.config import DataConfig; from mgr.data import build_data; "
+    code = ("import sys; from mgr.config import DataConfig; from mgr.data import build_data; "
             f"d = build_data(DataConfig.from_dict({CFG.to_dict()!r})); "
             "print(d.describe()['n_train_tokens'], 'pyarrow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
