@@ -64,6 +64,47 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, data):
     assert resumed["results"]["val_curve"] == full["results"]["val_curve"]
 
 
+class _CtrlCAfterReading:
+    """`data` whose training iterator is interrupted (Ctrl-C) just after it hands out batch `at`:
+    the batch was read, its step never ran."""
+
+    def __init__(self, data, at):
+        self._data, self._at = data, at
+
+    def __getattr__(self, name):
+        return getattr(self._data, name)
+
+    def train_iterator(self, seed, rows=None):
+        inner, at, count = self._data.train_iterator(seed, rows=rows), self._at, [0]
+
+        class Interrupted:
+            def __next__(self):
+                batch = next(inner)
+                count[0] += 1
+                if count[0] == at:
+                    raise KeyboardInterrupt
+                return batch
+
+            def get_state(self):
+                return inner.get_state()
+
+            def set_state(self, state):
+                inner.set_state(state)
+
+        return Interrupted()
+
+
+def test_ctrl_c_after_a_batch_is_read_saves_a_checkpoint_that_resumes_exactly(tmp_path, data):
+    full = run(tmp_path, data, name="full")
+    cut = run(tmp_path, _CtrlCAfterReading(data, at=6), name="cut")
+    assert cut["status"] == "interrupted" and "after step 5" in cut["reason"]
+    resumed = run(tmp_path, data, name="cut", resume=True)
+    assert resumed["status"] == "ok" and resumed["results"]["resumed_from"]["step"] == 5
+    # the checkpoint's data state must not count the batch whose step never ran
+    assert read_metrics(tmp_path / "train" / "cut") == read_metrics(tmp_path / "train" / "full")
+    assert resumed["results"]["val_curve"] == full["results"]["val_curve"]
+
+
 def test_non_finite_loss_is_recorded_as_diverged(tmp_path, data):
     s = run(tmp_path, data, learning_rate=float("inf"), grad_clip=0.0, warmup_steps=0)
     assert s["status"] == "diverged"
