@@ -56,8 +56,8 @@ def _status() -> dict:
     return d
 
 
-def _child_run(argv: list[str]) -> None:
-    """Run `mgr train argv` with phase marks; print them on stderr at exit."""
+def install_phase_marks() -> None:
+    """Wrap the trainer's functions to mark each phase; print the marks on stderr at exit."""
     import atexit
 
     import jax
@@ -108,15 +108,22 @@ def _child_run(argv: list[str]) -> None:
 
     program._arm, trainer.build_program, loop._validate = arm, build, validate
     atexit.register(lambda: (mark("exit"), sys.stderr.write(_MARKER + json.dumps(marks) + "\n")))
-    from mgr.cli import app
 
-    sys.argv = ["mgr", "train", *argv]
-    app()
+
+# The child runs the same Typer app as the `mgr` script, as `mgr.bench.process` does.
+_CHILD = """
+import sys
+from mgr.bench.process_memory import install_phase_marks
+install_phase_marks()
+from mgr.cli import app
+sys.argv = ["mgr", "train"] + sys.argv[1:]
+app()
+"""
 
 
 def run_child(root: Path, run_id: str, config: list[str] = C1) -> tuple[list[dict], dict]:
     """The phase marks and the record of one `mgr train <config>` in a fresh process."""
-    cmd = [sys.executable, "-m", "mgr.bench.process_memory", "--child-run", "--", *config,
+    cmd = [sys.executable, "-c", _CHILD, *config,
            "--artifacts-dir", str(root), "--run-id", run_id]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -150,9 +157,6 @@ def render(imports: list, marks: list[dict], record: dict) -> str:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child-run"]:
-        return _child_run(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts-dir", default="artifacts")
     args = ap.parse_args(argv)
