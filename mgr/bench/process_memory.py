@@ -2,7 +2,7 @@
 
     uv run python -m mgr.bench.process_memory
 
-Two fresh child processes (run after a warm-up C1 run, so caches are warm as in
+Fresh child processes, after a warm-up C1 run that fills the caches (as in
 `mgr.bench.process`'s warm repetitions):
 
 1. imports: VmRSS after the interpreter starts, then after numpy, JAX, JAX's CPU client and its
@@ -127,10 +127,12 @@ def run_child(root: Path, run_id: str, config: list[str] = C1) -> tuple[list[dic
            "--artifacts-dir", str(root), "--run-id", run_id]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise SystemExit(f"error: the C1 run failed (exit {proc.returncode}): "
+        raise SystemExit(f"error: the run failed (exit {proc.returncode}): "
                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    marks = next(json.loads(line[len(_MARKER):]) for line in proc.stderr.splitlines() if line.startswith(_MARKER))
-    return marks, json.loads((root / "train" / run_id / "summary.json").read_text())
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(_MARKER)]
+    if not lines:
+        raise SystemExit("error: the run ended without reporting its phases")
+    return json.loads(lines[-1][len(_MARKER):]), json.loads((root / "train" / run_id / "summary.json").read_text())
 
 
 def _mib(b: float) -> str:
