@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from mgr.bench.process import MGR_REPORTING_PEAK_RSS
-from mgr.runtime import artifacts, runs
+from mgr.runtime import artifacts
 
 WORDS = {
     "en": "the of and to in is that it was for on are with as his they at be this from have or by one had "
@@ -245,11 +245,8 @@ def main(argv=None) -> None:
             shutil.rmtree(work, ignore_errors=True)
     text = render(r)
     r["card"].pop("inputs")  # thousands of generated files: their digests say nothing here
-    out = runs.run_dir(Path(args.artifacts_dir), "bench", "data_prepare", run_id=None)
-    artifacts.write_json(out / "summary.json", {"meta": artifacts.provenance(out.name), **r})
-    artifacts.atomic_write(out / "run.md", f"# mgr data prepare, {args.gb} GB generated input\n\n{text}\n")
-    print(text)
-    print(f"record: {out}/summary.json")
+    artifacts.write_bench(Path(args.artifacts_dir), "data_prepare", r,
+                          f"mgr data prepare, {args.gb} GB generated input", text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mgr.runtime import artifacts, runs
+from mgr.runtime import artifacts
 
 C1 = ["--n-layer", "2", "--n-head", "2", "--n-kv-head", "2", "--n-embd", "64", "--seq-len", "128",
       "--batch-size", "4", "--vocab-size", "50304", "--steps", "50", "--no-progress"]
@@ -93,12 +93,8 @@ def main(argv=None) -> None:
         rows = [one_run(Path(tmp), f"c1-{i}") for i in range(args.reps)]
     imports = import_seconds()
     text = render(rows, imports)
-    out = runs.run_dir(Path(args.artifacts_dir), "bench", "process", run_id=None)
-    artifacts.write_json(out / "summary.json", {"meta": artifacts.provenance(out.name), "config": C1,
-                                                "runs": rows, "import_seconds": imports})
-    artifacts.atomic_write(out / "run.md", f"# C1 whole process\n\n{text}\n")
-    print(text)
-    print(f"record: {out}/summary.json")
+    artifacts.write_bench(Path(args.artifacts_dir), "process",
+                          {"config": C1, "runs": rows, "import_seconds": imports}, "C1 whole process", text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from mgr.bench.process import C1
-from mgr.runtime import artifacts, runs
+from mgr.runtime import artifacts
 
 _IMPORTS = """
 import json
@@ -170,14 +170,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: the import probe failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     imports = json.loads(out.stdout.strip().splitlines()[-1])
     text = render(imports, marks, record)
-    dest = runs.run_dir(Path(args.artifacts_dir), "bench", "process_memory", run_id=None)
-    artifacts.write_json(dest / "summary.json", {"meta": artifacts.provenance(dest.name), "config": C1,
-                                                 "imports": imports, "phases": marks,
-                                                 "step_memory": {k: v for k, v in record["results"].items()
-                                                                 if k.endswith("_memory_bytes")}})
-    artifacts.atomic_write(dest / "run.md", f"# C1 whole process: memory by phase\n\n{text}\n")
-    print(text)
-    print(f"record: {dest}/summary.json")
+    step_memory = {k: v for k, v in record["results"].items() if k.endswith("_memory_bytes")}
+    artifacts.write_bench(Path(args.artifacts_dir), "process_memory",
+                          {"config": C1, "imports": imports, "phases": marks, "step_memory": step_memory},
+                          "C1 whole process: memory by phase", text)
 
 
 if __name__ == "__main__":

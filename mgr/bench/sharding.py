@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     if not sizes or min(sizes) < 1 or args.steps < 1:
         raise SystemExit("error: fsdp sizes and --steps must be positive")
 
-    from mgr.runtime import artifacts, request_devices, runs
+    from mgr.runtime import artifacts, request_devices
 
     request_devices(max(sizes))  # simulated CPU devices, before JAX starts its backends
     from core.errors import MgrError
@@ -108,12 +108,8 @@ def main(argv=None) -> None:
     label = (f"L={args.layers}, d={args.width}, V={args.vocab}, T={args.seq_len}, B={args.batch_size}, "
              f"{args.optimizer}; {rows[0]['total_param_bytes'] / 2**20:.2f} MiB of parameters")
     text = render(rows, label)
-    out = runs.run_dir(Path(args.artifacts_dir), "bench", "sharding", run_id=None)
-    artifacts.write_json(out / "summary.json", {"meta": artifacts.provenance(out.name), "config": vars(args),
-                                                "rows": rows})
-    artifacts.atomic_write(out / "run.md", f"# Bytes per device against the fsdp size\n\n{text}\n")
-    print(text)
-    print(f"record: {out}/summary.json")
+    artifacts.write_bench(Path(args.artifacts_dir), "sharding", {"config": vars(args), "rows": rows},
+                          "Bytes per device against the fsdp size", text)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,20 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
 
 
+def write_bench(root: Path, name: str, summary: dict[str, Any], title: str, text: str) -> Path:
+    """A benchmark script's record, `root/bench/<name>/<run_id>/{summary.json, run.md}` (`meta`
+    first, then `summary`; run.md is `title` over the rendered `text`); prints `text` and where
+    the record is. Returns the record's directory."""
+    from mgr.runtime import runs
+
+    out = runs.run_dir(Path(root), "bench", name, run_id=None)
+    write_json(out / "summary.json", {"meta": provenance(out.name), **summary})
+    atomic_write(out / "run.md", f"# {title}\n\n{text}\n")
+    print(text)
+    print(f"record: {out}/summary.json")
+    return out
+
+
 def provenance(run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
