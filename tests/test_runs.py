@@ -97,3 +97,17 @@ def test_request_devices_gives_simulated_cpu_devices_before_jax_starts():
     have = jax.device_count()  # starts the backend in this process
     request_devices(have + 2)  # too late now: a no-op, never an exception
     assert jax.device_count() == have
+
+
+def test_a_bench_record_puts_meta_first_and_renders_its_table(tmp_path, capsys):
+    import json
+
+    from mgr.runtime.artifacts import write_bench
+
+    out = write_bench(tmp_path, "demo", {"rows": [1, 2], "ratio": float("nan")}, "A title", "| a |\n|---|")
+    assert out.parent == tmp_path / "bench" / "demo"
+    record = json.loads((out / "summary.json").read_text())
+    assert list(record) == ["meta", "rows", "ratio"] and record["meta"]["run_id"] == out.name
+    assert record["rows"] == [1, 2] and record["ratio"] is None  # NaN is not JSON
+    assert (out / "run.md").read_text() == "# A title\n\n| a |\n|---|\n"
+    assert capsys.readouterr().out == f"| a |\n|---|\nrecord: {out}/summary.json\n"
