@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mgr.runtime import distributed, env
+from mgr.runtime import distributed, env, runs
 from mgr.runtime.paths import atomic_write_bytes
 
 SCHEMA_VERSION = "mgr.train.v1"
@@ -53,8 +53,6 @@ def write_bench(root: Path, name: str, summary: dict[str, Any], title: str, text
     """A benchmark script's record, `root/bench/<name>/<run_id>/{summary.json, run.md}` (`meta`
     first, then `summary`; run.md is `title` over the rendered `text`); prints `text` and where
     the record is. Returns the record's directory."""
-    from mgr.runtime import runs
-
     out = runs.run_dir(Path(root), "bench", name, run_id=None)
     write_json(out / "summary.json", {"meta": provenance(out.name), **summary})
     atomic_write(out / "run.md", f"# {title}\n\n{text}\n")
