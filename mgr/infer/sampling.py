@@ -79,10 +79,16 @@ def filtered_logits(logits_BxV: jax.Array, temperature, top_k, top_p) -> jax.Arr
 
 
 def sample(logits_BxV: jax.Array, key: jax.Array, temperature, top_k, top_p) -> jax.Array:
-    """One token id per row (int32): argmax at temperature 0, else a draw from the filtered logits."""
-    greedy_B = jnp.argmax(logits_BxV, axis=-1)
-    drawn_B = jax.random.categorical(key, filtered_logits(logits_BxV, temperature, top_k, top_p), axis=-1)
-    return jnp.where(temperature > 0, drawn_B, greedy_B).astype(jnp.int32)
+    """One token id per row (int32): argmax at temperature 0, else a draw from the filtered logits.
+
+    The branch is a `lax.cond` on the (traced, scalar) temperature, so greedy decoding runs only
+    the argmax: a `where` over both would sort the whole vocabulary on every greedy step too.
+    """
+    def drawn():
+        z_BxV = filtered_logits(logits_BxV, temperature, top_k, top_p)
+        return jax.random.categorical(key, z_BxV, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, drawn, lambda: jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
 
 
 def step_key(seed, position) -> jax.Array:
