@@ -172,3 +172,26 @@ def test_seeds_on_a_flat_distribution():
     allowed = np.argsort(-logits, axis=-1)[:, :5]
     assert all(tok in row for tok, row in zip(top5, allowed))
     assert (top5 != logits.argmax(-1)).sum() > 20  # hot enough that most draws are not the argmax
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Every primitive in `jaxpr`, sub-jaxprs (jit, cond branches, ...) included."""
+    inner = getattr(jaxpr, "jaxpr", jaxpr)
+    found = set()
+    for eqn in inner.eqns:
+        found.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    found |= _primitives(sub)
+    return found
+
+
+def test_greedy_steps_skip_the_sampling_filters_sort():
+    """Temperature 0 must take a branch with no sort: the filter sorts the whole vocabulary."""
+    jaxpr = jax.make_jaxpr(lambda z, t: sample(z, jax.random.key(0), t, 0, 1.0))(np.zeros((2, 64), np.float32), 0.0)
+    conds = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"]
+    assert len(conds) == 1, "greedy and sampled draws must be two branches of one cond"
+    greedy, drawn = conds[0].params["branches"]  # lax.cond's branches: (false, true)
+    assert "sort" not in _primitives(greedy) and "argmax" in _primitives(greedy)
+    assert "sort" in _primitives(drawn)
