@@ -11,8 +11,8 @@ Fresh child processes, after a warm-up C1 run that fills the caches (as in
    functions (here, not in the trainer) to read VmRSS and VmHWM at each phase: before the
    program is built, after the step is lowered (and its FLOPs counted), after it is compiled,
    after the init program has run, after each of the first three steps (synchronised), before
-   and after the final validation, and at exit. XLA's own memory analysis of the step and the
-   bytes of the training state come from the run's record.
+   and after the final validation, and at exit. XLA's memory analysis of the step (its
+   temporaries, and with its donated arguments, the training state) comes from the run's record.
 
 Writes artifacts/bench/process_memory/<run_id>/{summary.json, run.md} and prints the tables.
 """
