@@ -128,4 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from mgr.runtime import allocator
+
+    allocator.preload()  # measure on the allocator `mgr` runs on
     main()

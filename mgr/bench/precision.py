@@ -96,4 +96,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from mgr.runtime import allocator
+
+    allocator.preload()  # measure on the allocator `mgr` runs on
     main()

@@ -29,7 +29,8 @@ from mgr.runtime import artifacts
 
 C1 = ["--n-layer", "2", "--n-head", "2", "--n-kv-head", "2", "--n-embd", "64", "--seq-len", "128",
       "--batch-size", "4", "--vocab-size", "50304", "--steps", "50", "--no-progress"]
-# The child runs the same Typer app as the `mgr` script and reports its own high-water mark
+# The child runs what the `mgr` script runs (`mgr.cli.main`: the allocator re-exec, then the
+# Typer app) and reports its own high-water mark
 # (`mgr.bench.data_prepare` measures `mgr data prepare` with it too).
 MGR_REPORTING_PEAK_RSS = """
 import atexit, json, sys
@@ -38,9 +39,9 @@ def _report():
     peak, source = peak_rss_bytes()
     sys.stderr.write("MGR_PEAK_RSS " + json.dumps({"bytes": peak, "source": source}) + "\\n")
 atexit.register(_report)
-from mgr.cli import app
+from mgr.cli import main
 sys.argv = ["mgr"] + sys.argv[1:]
-app()
+main()
 """
 _IMPORTS = "import time; t = time.perf_counter(); import mgr.train, mgr.data.pipeline; print(time.perf_counter() - t)"
 
@@ -59,7 +60,7 @@ def one_run(root: Path, run_id: str) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak["bytes"] / 2**20, 1),
             "rss_source": peak["source"], "tokens_per_second": record["results"]["tokens_per_second"],
             "compile_seconds": record["results"]["compile_seconds"],
-            "val_ce_final": record["results"]["val_ce_final"]}
+            "val_ce_final": record["results"]["val_ce_final"], "allocator": record["meta"]["device"]["allocator"]}
 
 
 def import_seconds() -> float:
@@ -78,7 +79,8 @@ def render(rows: list[dict], imports: float) -> str:
     lines.append(f"Warm median: {statistics.median(r['wall_s'] for r in warm):.1f} s wall, "
                  f"{statistics.median(r['peak_rss_mib'] for r in warm):.0f} MiB peak RSS, "
                  f"{statistics.median(r['tokens_per_second'] for r in warm):,.0f} train tokens/s; "
-                 f"importing what a run needs: {imports:.2f} s.")
+                 f"importing what a run needs: {imports:.2f} s; allocator: "
+                 f"{', '.join(sorted({r.get('allocator', '?') for r in rows}))}.")
     return "\n".join(lines)
 
 

@@ -110,14 +110,15 @@ def install_phase_marks() -> None:
     atexit.register(lambda: (mark("exit"), sys.stderr.write(_MARKER + json.dumps(marks) + "\n")))
 
 
-# The child runs the same Typer app as the `mgr` script, as `mgr.bench.process` does.
+# The child runs what the `mgr` script runs, as `mgr.bench.process` does (the allocator's re-exec
+# runs this again from the top, so the marks are installed in the process that trains).
 _CHILD = """
 import sys
 from mgr.bench.process_memory import install_phase_marks
 install_phase_marks()
-from mgr.cli import app
+from mgr.cli import main
 sys.argv = ["mgr", "train"] + sys.argv[1:]
-app()
+main()
 """
 
 

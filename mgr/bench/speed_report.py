@@ -112,4 +112,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from mgr.runtime import allocator
+
+    allocator.preload()  # measure on the allocator `mgr` runs on
     main()

@@ -87,8 +87,11 @@ def versions() -> dict:
 
 def device_info() -> dict:
     devs = jax.devices()
+    from mgr.runtime import allocator
+
     return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
-            "process_count": jax.process_count(), "cpu_arch": platform.machine()}
+            "process_count": jax.process_count(), "cpu_arch": platform.machine(),
+            "allocator": allocator.loaded()}
 
 
 def command_line() -> str:

@@ -6,6 +6,14 @@ t+1 before t had finished let XLA allocate t+1's buffers while t's were live: at
 the warm median peak RSS of `mgr.bench.process` was 619-643 MiB that way and 598-618 this way,
 train tokens/s the same within noise.) Validation and checkpoints synchronise, and their time
 is excluded from throughput.
+
+Step t's metrics become readable a moment before XLA frees step t's temporaries (apparently it
+marks the outputs ready first), so a dispatch right after the read sometimes allocates t+1's
+temporaries while t's still exist. On tcmalloc, C1's peak RSS in `mgr.bench.process` was then
+568 or 661 MiB from run to run (661 = 568 + the step's 93 MiB of temporaries); with a 0.1 ms
+pause before each dispatch, 568 in 5 runs of 5, and again with the 0.2 ms used here. The pause
+is taken only when a step's temporaries are large (`_SETTLE_BYTES`), where a step takes
+milliseconds.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import jax
 
 from mgr.runtime import distributed
 from mgr.train.resume import last_train_loss, results_from_meta, truncate_metrics
+
+_SETTLE_BYTES = 16 << 20
+_SETTLE_S = 2e-4
 
 
 def _progress(enabled: bool, total: int, start: int):
@@ -111,6 +122,7 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
         return True
 
     step_done, pending = start, None
+    settle = prog.memory.get("temp_memory_bytes", 0) >= _SETTLE_BYTES
     t_resumed = train_seconds
     tick = time.perf_counter()
     resume_point = None  # the iterator's state after `step_done` batches, once it has run ahead
@@ -121,6 +133,8 @@ def run_loop(prog, data, train_cfg, steps, run_dir: Path, ckpt, best, *, restore
             if pending is not None and not consume(*pending):
                 outcome = {"status": "diverged", "reason": f"non-finite loss at step {pending[0]}"}
                 break
+            if settle and step > start + 1:
+                time.sleep(_SETTLE_S)  # let XLA free the last step's temporaries first
             state, m = prog.step_fn(state, batch)
             pending, step_done, resume_point = (step, m), step, None
             due_eval = step % train_cfg.eval_every == 0 or step == steps
