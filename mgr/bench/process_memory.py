@@ -32,6 +32,8 @@ from mgr.runtime import artifacts
 
 _IMPORTS = """
 import json
+from mgr.runtime import allocator
+allocator.preload()  # measured on the allocator a run uses
 def rss():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 out = [["interpreter", rss()]]
