@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jax
 
+from mgr.runtime import allocator
+
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
     """Turn on JAX's persistent compilation cache (also for sub-second compiles).
@@ -87,8 +89,6 @@ def versions() -> dict:
 
 def device_info() -> dict:
     devs = jax.devices()
-    from mgr.runtime import allocator
-
     return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
             "process_count": jax.process_count(), "cpu_arch": platform.machine(),
             "allocator": allocator.loaded()}
