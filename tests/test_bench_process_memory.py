@@ -21,3 +21,20 @@ def test_the_child_marks_every_phase_of_the_run_in_order(tmp_path):
     assert marks[0]["VmRSS"] > 50 * 2**20  # JAX and the trainer are imported before the first mark
     text = render([["interpreter", 10 * 2**20], ["jax", 200 * 2**20]], marks, record)
     assert "| jax | 200 | 190 |" in text and "| step compiled |" in text
+
+
+def test_proc_status_reads_sizes_of_this_or_another_process_and_nothing_of_a_gone_one():
+    import subprocess
+    import sys
+
+    from mgr.bench.inference import proc_status_bytes
+
+    mine = proc_status_bytes("VmRSS", "VmHWM")
+    assert set(mine) == {"VmRSS", "VmHWM"} and 0 < mine["VmRSS"] <= mine["VmHWM"]
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        theirs = proc_status_bytes("VmRSS", pid=child.pid)
+        assert set(theirs) == {"VmRSS"} and 0 < theirs["VmRSS"] < mine["VmRSS"]  # a bare interpreter
+    finally:
+        child.communicate(b"", timeout=30)
+    assert proc_status_bytes("VmRSS", pid=child.pid) == {}  # reaped: its /proc entry is gone

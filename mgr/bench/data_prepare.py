@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from mgr.bench.inference import proc_status_bytes
 from mgr.bench.process import MGR_REPORTING_PEAK_RSS
 from mgr.runtime import artifacts
 
@@ -167,11 +168,7 @@ def generate(root: Path, total_bytes: int, seed: int) -> dict:
 
 
 def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0
+    return proc_status_bytes("VmRSS", pid=pid).get("VmRSS", 0)
 
 
 def run_prepare(inputs: list[Path], out: Path, extra: list[str]) -> dict:

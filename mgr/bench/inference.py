@@ -129,6 +129,21 @@ def _percentiles(xs: list[float], scale: float = 1e3) -> dict[str, float | None]
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
+def proc_status_bytes(*fields: str, pid: int | str = "self") -> dict[str, int]:
+    """The `fields` of /proc/PID/status that are sizes (VmRSS, VmHWM, ...) in bytes; the ones
+    the file lacks, or all of them when it cannot be read (no /proc, a process gone), are absent."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name = line.split(":", 1)[0]
+                if name in fields:
+                    out[name] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_bytes() -> tuple[int, str]:
     """This process's peak resident set size in bytes, and where it was read.
 
@@ -137,13 +152,9 @@ def peak_rss_bytes() -> tuple[int, str]:
     before it did anything). `VmHWM` in /proc/self/status belongs to the address space, which exec
     replaces, so it is the child's own; ru_maxrss (KiB on Linux, bytes on macOS) is the fallback.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "VmHWM"
-    except OSError:
-        pass
+    hwm = proc_status_bytes("VmHWM").get("VmHWM")
+    if hwm is not None:
+        return hwm, "VmHWM"
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

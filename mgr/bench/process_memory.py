@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mgr.bench.inference import proc_status_bytes
 from mgr.bench.process import C1
 from mgr.runtime import artifacts
 
@@ -49,15 +50,6 @@ print(json.dumps(out))
 _MARKER = "MGR_PHASES "
 
 
-def _status() -> dict:
-    d = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                d[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return d
-
-
 def install_phase_marks() -> None:
     """Wrap the trainer's functions to mark each phase; print the marks on stderr at exit."""
     import atexit
@@ -69,7 +61,8 @@ def install_phase_marks() -> None:
     t0, marks = time.perf_counter(), []  # t_s counts from here: the trainer's modules are imported
 
     def mark(phase: str) -> None:
-        marks.append({"phase": phase, "t_s": round(time.perf_counter() - t0, 2), **_status()})
+        marks.append({"phase": phase, "t_s": round(time.perf_counter() - t0, 2),
+                      **proc_status_bytes("VmRSS", "VmHWM")})
 
     arm_of, build_of, validate_of = program._arm, trainer.build_program, loop._validate
 
