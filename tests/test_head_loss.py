@@ -120,3 +120,17 @@ def test_hessian_vector_products_equal_the_unfused_path():
     fused = hvp(lambda a, b, t, c: mean_softcap_cross_entropy(a, b, t, c, 4))
     for a, b in zip(fused, hvp(_unfused)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_float32_gradients_keep_no_transposed_copy_of_the_kernel():
+    """dh = dz @ kernelᵀ: a [V, D] copy of the kernel made before the chunk loop would be 12 MiB
+    more temporaries in every step at V = 50304, D = 64. In float32 the transpose is folded
+    into the dot, so the compiled gradient program holds no float32 [V, D] array (bfloat16
+    keeps its copy: XLA:CPU's bfloat16 dot is slow on a transposed operand)."""
+    n, d, v = 64, 24, 1000  # distinct sizes, so f32[v,d] can only be a transposed kernel
+    h, kernel, targets = _inputs(0, n, d, v, 1.0)
+    grads = jax.jit(jax.grad(lambda a, b: mean_softcap_cross_entropy(a, b, targets, 15.0, 16), (0, 1)))
+    assert f"f32[{v},{d}]" not in grads.lower(h, kernel).compile().as_text()
+    lo = jax.jit(jax.grad(lambda a, b: mean_softcap_cross_entropy(a, b, targets, 15.0, 16).astype(jnp.float32),
+                          (0, 1)))
+    assert f"bf16[{v},{d}]" in lo.lower(h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)).compile().as_text()
