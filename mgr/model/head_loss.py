@@ -97,8 +97,8 @@ def _forward_with_grads(h_NxD, kernel_DxV, targets_N, cap, chunk):
     kernel_VxD = None if kernel_DxV.dtype == jnp.float32 else kernel_DxV.T
     h_KxDxC = jnp.swapaxes(h_KxCxD, 1, 2)
 
-    def terms(args):
-        """One chunk's kernel gradient, loss sum and dh."""
+    def one(carry, args):
+        dkernel_DxV, total = carry
         h_CxD, h_DxC, t_C, v_C = args
         u_CxV, z_CxV = _capped(h_CxD, kernel_DxV, cap)
         ce_C, e_CxV, s_C = _row_losses(z_CxV, t_C, cap)
@@ -110,21 +110,13 @@ def _forward_with_grads(h_NxD, kernel_DxV, targets_N, cap, chunk):
         # Both gradient matmuls take their inputs in the compute dtype and accumulate in float32
         # (a no-op cast for float32; for bfloat16 it keeps the products on the fast path).
         dz_lo = dz_CxV.astype(h_CxD.dtype)
-        dkernel_DxV = jnp.matmul(h_DxC, dz_lo, preferred_element_type=jnp.float32)
+        dkernel_DxV = dkernel_DxV + jnp.matmul(h_DxC, dz_lo, preferred_element_type=jnp.float32)
         rhs_VxD = kernel_DxV.T if kernel_VxD is None else kernel_VxD
         dh_CxD = jnp.matmul(dz_lo, rhs_VxD, preferred_element_type=jnp.float32).astype(h_CxD.dtype)
-        return dkernel_DxV, jnp.sum(ce_C * v_C), dh_CxD
+        return (dkernel_DxV, total + jnp.sum(ce_C * v_C)), dh_CxD
 
-    def one(carry, args):
-        dkernel_DxV, total, dh_CxD = terms(args)
-        return (carry[0] + dkernel_DxV, carry[1] + total), dh_CxD
-
-    # The first chunk starts the sums (0 + x is x, so the values are the same as adding it to
-    # zeros): no zeroed [D, V] accumulator and one [D, V] addition fewer.
-    xs = (h_KxCxD, h_KxDxC, t_KxC, valid_KxC)
-    dkernel_DxV, total, dh0_CxD = terms(tuple(x[0] for x in xs))
-    (dkernel_DxV, total), dh_KxCxD = scan(one, (dkernel_DxV, total), tuple(x[1:] for x in xs))
-    dh_KxCxD = jnp.concatenate([dh0_CxD[None], dh_KxCxD])
+    init = (jnp.zeros(kernel_DxV.shape, jnp.float32), jnp.zeros((), jnp.float32))
+    (dkernel_DxV, total), dh_KxCxD = scan(one, init, (h_KxCxD, h_KxDxC, t_KxC, valid_KxC))
     dh_NxD = dh_KxCxD.reshape(-1, d)[:n]
     return total / n, (dh_NxD, dkernel_DxV.astype(kernel_DxV.dtype), targets_N)
 
