@@ -94,3 +94,25 @@ def preload() -> None:
         os.execve(sys.executable, sys.orig_argv, env)
     except OSError:
         return
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free pages back to the system; whether anything could be asked.
+
+    Called between building a run's program and its first step (`mgr.train.trainer`): the
+    lowering, the compile and the init leave tens of MiB freed in pieces that the step's one
+    large block of temporaries cannot reuse (C1 after step 1: 513 -> 504 MiB). And before each
+    checkpoint (`mgr.train.checkpoint`), so the save's buffers do not stack on the steps' freed
+    temporaries (C1's whole-process peak: 522 -> 513 MiB); the step after a save faults its
+    block in again once (at C1, 81 MiB). tcmalloc's `MallocExtension_ReleaseFreeMemory`, else
+    glibc's `malloc_trim(0)`; neither changes any value.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (0,))):
+        fn = getattr(libc, name, None)
+        if fn is not None:
+            fn(*args)
+            return True
+    return False

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import optim
-from mgr.runtime import artifacts, distributed, runs
+from mgr.runtime import allocator, artifacts, distributed, runs
 from mgr.runtime.paths import atomic_write_bytes
 from mgr.train import flops, sharding
 from mgr.train.program import (Program, StepParts, build_program, counted_flops,  # noqa: F401
@@ -82,6 +82,7 @@ def _train_locked(model_cfg, data_cfg, train_cfg, run_dir: Path, artifacts_root:
     provisional = 1000 if train_cfg.steps is None else train_cfg.steps
     prog = build_program(model_cfg, train_cfg, batch_shape, provisional)
     steps = plan_steps(train_cfg, prog.flops_per_step)
+    allocator.release_free_memory()  # what the lowering, compile and init freed: not under the steps' peak
     if steps != provisional:  # the horizon is an argument of the compiled step: no rebuild
         prog = with_horizon(prog, steps)
 
