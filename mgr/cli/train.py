@@ -110,7 +110,8 @@ def train(
     request_devices(train_cfg.devices)  # before JAX starts its backends
     maybe_init_distributed()
     summary = train_run(model_cfg, data_cfg, train_cfg, run_dir=run_dir, artifacts_root=root,
-                        resume=resume, progress=progress and sys.stderr.isatty(), trackers=trackers)
+                        resume=resume, progress=progress and sys.stderr.isatty(), trackers=trackers,
+                        sole_run=True)
     _print_result(summary, run_dir)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)
