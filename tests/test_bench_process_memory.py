@@ -16,8 +16,12 @@ def test_the_child_marks_every_phase_of_the_run_in_order(tmp_path):
     assert record["status"] == "ok" and record["results"]["temp_memory_bytes"] > 0
     times = [m["t_s"] for m in marks]
     assert times == sorted(times)
+    # The high-water mark never falls, up to a few pages: the kernel keeps RSS counts per thread
+    # and folds them in lazily, so after the trainer hands free pages back
+    # (`allocator.release_free_memory`) VmHWM once read 4 KiB under the previous mark.
     peaks = [m["VmHWM"] for m in marks]
-    assert peaks == sorted(peaks) and all(m["VmRSS"] <= m["VmHWM"] for m in marks)
+    assert all(b >= a - 2**20 for a, b in zip(peaks, peaks[1:])), peaks
+    assert all(m["VmRSS"] <= m["VmHWM"] for m in marks)
     assert marks[0]["VmRSS"] > 50 * 2**20  # JAX and the trainer are imported before the first mark
     text = render([["interpreter", 10 * 2**20], ["jax", 200 * 2**20]], marks, record)
     assert "| jax | 200 | 190 |" in text and "| step compiled |" in text
