@@ -24,11 +24,14 @@ needs_tcmalloc = pytest.mark.skipif(
     reason="no tcmalloc on this machine (Debian: apt-get install libtcmalloc-minimal4)")
 
 
+def _clean_env() -> dict:
+    """This environment without any allocator choice, as a fresh shell would start a command."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV, "MGR_ALLOCATOR_EXECUTED")}
+
+
 def _probe(**env_extra) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", allocator.ENV, "MGR_ALLOCATOR_EXECUTED")}
     return subprocess.run([sys.executable, "-c", PROBE, "--flag", "a b"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**env, **env_extra})
+                          text=True, timeout=120, env={**_clean_env(), **env_extra})
 
 
 def _lines(proc) -> list[list[str]]:
@@ -86,9 +89,8 @@ RELEASE = ("import ctypes\nfrom mgr.runtime import allocator\nallocator.preload(
 @needs_tcmalloc
 def test_release_free_memory_hands_freed_pages_back_to_the_system():
     assert TCMALLOC is not None, "MGR_REQUIRE_TCMALLOC is set but no tcmalloc was found"
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV, "MGR_ALLOCATOR_EXECUTED")}
     proc = subprocess.run([sys.executable, "-c", RELEASE], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=120, env=_clean_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     name, kept, after, ok = proc.stdout.split()
     assert name == "tcmalloc" and ok == "True"
