@@ -1,7 +1,7 @@
 """The C allocator a run uses: tcmalloc when the system has it, glibc's malloc otherwise.
 
 Why it matters on CPU: XLA allocates each execution's temporaries as one buffer (269 MiB for
-the L=4 d=256 T=256 B=8 train step, 93 MiB at C1) and frees it when the step ends. glibc serves
+the L=4 d=256 T=256 B=8 train step, 81 MiB at C1) and frees it when the step ends. glibc serves
 a buffer that large with mmap and returns it with munmap, so every step faults all of it in
 again from zeroed pages: 68,870 minor faults and 0.11 s of system time per L=4 step, 305 ms a
 step. tcmalloc keeps freed spans and hands the same pages to the next step: 235 ms, and C1

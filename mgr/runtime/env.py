@@ -41,9 +41,9 @@ def unroll_threefry() -> bool:
     C1 init program held 50 MiB of temporaries (four u32 copies of the 50304 x 64 embedding) and
     took 0.95-1.35 s to compile for a benchmark arm. Unrolled, the same hash is one elementwise
     fusion with its consumer: no temporaries, compiles 20-28% shorter. The bits are the same
-    (the same integer rounds; `tests/test_threefry_lowering.py` compares both lowerings). Called with
-    the compilation cache, so every command, benchmark and test compiles this way. Returns
-    whether the rule was installed (False if this JAX has no such rules).
+    (the same integer rounds; `tests/test_threefry_lowering.py` compares both lowerings).
+    Called with the compilation cache, so every command, benchmark and test compiles this way.
+    Returns whether the rule was installed (False if this JAX has no such rules).
     """
     try:
         from jax._src.interpreters import mlir
